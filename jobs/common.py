@@ -1,0 +1,71 @@
+"""Shared plumbing of the job entrypoints: argument parsing, task loading, Ray start, run directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ttft.config import ConfigError, RunConfig, add_config_args, config_from_args
+from ttft.tasks import Task, TaskError, load_tasks
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started when no cluster is given")
+    return p
+
+
+def setup(args: argparse.Namespace) -> RunConfig:
+    """Parse the config or exit 2 with a one-line error naming the key."""
+    try:
+        return config_from_args(args)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+
+
+def tasks_of(cfg: RunConfig) -> tuple[list[Task], list[str]]:
+    """The run's tasks; invalid ones are skipped and returned as one-line reasons."""
+    d = cfg.data
+    try:
+        res = load_tasks(d.source, solutions=d.solutions, ids=d.ids, limit=d.limit, max_side=d.max_side,
+                         skip_invalid=True)
+    except (TaskError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"data error: {e}")
+    errors = [str(e) for e in res.errors]
+    for e in errors:
+        print(f"[ttft] skipping invalid task: {e}", file=sys.stderr)
+    if not res.tasks:
+        sys.exit(f"data error: no valid task in {d.source!r}")
+    return res.tasks, errors
+
+
+def start_ray(cfg: RunConfig, args: argparse.Namespace) -> None:
+    from ttft.orchestrate import init_ray
+
+    init_ray(args.address, num_cpus=args.num_cpus)
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    out = cfg.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    return out
+
+
+class Stopwatch:
+    """Seconds per named stage, in order."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.stages: dict[str, float] = {}
+        self._last = self.t0
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.stages[stage] = now - self._last
+        self._last = now

@@ -1,0 +1,50 @@
+"""`python -m jobs.eval --config C`: the main job. Fine-tune every task on Ray -> registry -> one vLLM
+multi-LoRA pass -> vote -> score -> runs/<name>/ (config, submission, predictions, results, report, plots).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from jobs.common import Stopwatch, parser, run_dir, setup, start_ray, tasks_of
+from ttft.report import RunRecord, write_run
+from ttft.scoring import score_submission, solutions_of
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("python -m jobs.eval", __doc__.splitlines()[0])
+    args = p.parse_args(argv)
+    cfg = setup(args)
+    clock = Stopwatch()
+    t_start = time.monotonic()
+    tasks, invalid = tasks_of(cfg)
+    out = run_dir(cfg)
+    print(f"[ttft] run {cfg.name}: {len(tasks)} tasks from {cfg.data.source}, model {cfg.model.name}, "
+          f"TTFT {'on' if cfg.ttft.enabled else 'off (baseline)'}", file=sys.stderr)
+    start_ray(cfg, args)
+    from ttft.orchestrate import open_registry, run_finetunes, run_inference, task_adapters
+
+    clock.lap("setup")
+    summary = run_finetunes(cfg, tasks, start_time=t_start)
+    if cfg.ttft.enabled:
+        print(summary.text(), file=sys.stderr)
+    clock.lap("fine-tune")
+    adapters = task_adapters(cfg, tasks, open_registry(cfg.registry))
+    preds = run_inference(cfg, tasks, adapters)
+    from ttft.inference import write_predictions
+
+    write_predictions(preds, out)
+    clock.lap("inference")
+    solutions = solutions_of(tasks)
+    score = score_submission(preds.submission(), solutions) if solutions else None
+    rec = RunRecord(cfg.name, tasks, clock.stages, summary, preds, score, invalid, cfg.ttft.enabled)
+    result = write_run(rec, out)
+    if result["accuracy"] is not None:
+        print(f"accuracy (pass@2): {100 * result['accuracy']:.1f}% ({result['solved']:g}/{len(tasks)} tasks)")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

