@@ -243,14 +243,14 @@ class S3Server:
     def stop(self) -> None:
         """Stop the server and delete its data directory.
 
-        SIGTERM first, SIGKILL after 2 s: weed's filer waits up to 15 s for gRPC streams to drain on a
+        SIGTERM first, SIGKILL after 1 s: weed's filer waits up to 15 s for gRPC streams to drain on a
         graceful stop, and the test data is thrown away anyway.
         """
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.terminate()
                 try:
-                    self.proc.wait(timeout=2)
+                    self.proc.wait(timeout=1)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait(timeout=10)
@@ -270,17 +270,31 @@ class S3Server:
         self.stop()
 
 
+_shared: S3Server | None = None
+_users = 0
+
+
 @pytest.fixture(scope="session")
 def s3_server():
-    """A running SeaweedFS S3 server for the whole test session (endpoint, access_key, secret_key, bucket)."""
+    """A running SeaweedFS S3 server for the whole test session (endpoint, access_key, secret_key, bucket).
+
+    One server per process even if several modules import this fixture (each import is its own fixture
+    definition to pytest): the first user starts it, the last one to finish stops it.
+    """
+    global _shared, _users
+    if _shared is None:
+        try:
+            _shared = S3Server().start()
+        except S3ServerError as e:
+            pytest.fail(f"could not start the SeaweedFS S3 test server: {e}")
+    _users += 1
     try:
-        server = S3Server().start()
-    except S3ServerError as e:
-        pytest.fail(f"could not start the SeaweedFS S3 test server: {e}")
-    try:
-        yield server
+        yield _shared
     finally:
-        server.stop()
+        _users -= 1
+        if _users == 0 and _shared is not None:
+            _shared.stop()
+            _shared = None
 
 
 if __name__ == "__main__":  # manual check: python -m tests.s3_server

@@ -44,8 +44,8 @@ class Root:
     kwargs: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
 
-    def open(self, cache_dir: Path) -> AdapterRegistry:
-        return AdapterRegistry(self.root, cache_dir=cache_dir, **self.kwargs)
+    def open(self, cache_dir: Path, **kwargs) -> AdapterRegistry:
+        return AdapterRegistry(self.root, cache_dir=cache_dir, **self.kwargs, **kwargs)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -140,6 +140,50 @@ def test_put_get_exists_query_roundtrip(reg, registry_root, tmp_path):
         other.get(k3)
     info = other.describe()
     assert info["rows"] == 2 and info["ok"] == 2 and info["runs"] == {"r1": 1, "r2": 1}
+
+
+def test_empty_registry(reg):
+    k = key_of("none")
+    assert len(reg) == 0 and reg.exists([k]) == set() and reg.exists([]) == set()
+    assert reg.query(task_id="t1").num_rows == 0 and reg.query(run=["a", "b"]).schema == SCHEMA
+    assert reg.compact() == 0 and reg.gc(min_age_s=0) == 0
+    assert reg.describe()["rows"] == 0
+    with pytest.raises(AdapterNotFound, match="no row"):
+        reg.get(k)
+
+
+def test_objstore_dir_roundtrip(registry_root, tmp_path):
+    src = make_adapter(tmp_path / "src", "objstore", size=5000)
+    fs, base = objstore.filesystem_from_uri(
+        registry_root.root,
+        endpoint=registry_root.kwargs.get("s3_endpoint"),
+        access_key=registry_root.kwargs.get("s3_access_key"),
+        secret_key=registry_root.kwargs.get("s3_secret_key"),
+    )
+    up = objstore.upload_dir(src, fs, f"{base}/model")
+    down = objstore.download_dir(fs, f"{base}/model", tmp_path / "dst")
+    assert up == down and [u[0] for u in up] == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "sub/notes.txt",
+    ]
+    assert tree(tmp_path / "dst") == tree(src)
+    assert objstore.download_dir(fs, f"{base}/absent", tmp_path / "none") == []
+
+
+def test_s3_settings_and_uris():
+    local = objstore.s3_settings("http://127.0.0.1:9000", "a", "b")
+    assert (local.endpoint, local.scheme) == ("127.0.0.1:9000", "http")
+    assert objstore.s3_settings("localhost:9000", "a", "b").scheme == "http"
+    assert objstore.s3_settings("minio.example:9000", "a", "b").scheme == "https"
+    assert "b" not in repr(objstore.s3_settings("http://h:1", "a", "b-secret"))
+    with pytest.raises(ValueError, match="http or https"):
+        objstore.s3_settings("ftp://h:1")
+    for bad in ("s3://", "s3://bucket/../x", "s3://bucket//x", "gs://bucket/x"):
+        with pytest.raises(ValueError):
+            objstore.filesystem_from_uri(bad, endpoint="http://127.0.0.1:1", access_key="a", secret_key="b")
+    with pytest.raises(ValueError, match="both"):
+        objstore.filesystem_from_uri("s3://b/x", endpoint="http://127.0.0.1:1", access_key="a", secret_key="")
 
 
 def test_get_detects_corrupt_store_and_repairs_corrupt_cache(reg, registry_root, tmp_path):
@@ -291,7 +335,8 @@ def test_hostile_task_ids_never_become_paths(reg, registry_root, tmp_path):
     hostile = ["../../x", "/etc/passwd", "..\\..\\y", "a/../../../z"]
     reg.put(k, make_adapter(tmp_path / "a", "h"), row(run="../../run", tasks=hostile))
     reg.put_failed(key_of("hostile2"), row(run="../../run", tasks=hostile), "boom")
-    assert reg.query(task_id="../../x")["key"].to_pylist() == [k]
+    assert reg.query(task_id="../../x", status="ok")["key"].to_pylist() == [k]
+    assert reg.query(task_id="../../x").num_rows == 2
     assert reg.query(task_id="/etc/passwd", status="ok")["task_ids"].to_pylist() == [hostile]
     if registry_root.kind == "local":
         root = Path(reg.base)
@@ -336,6 +381,22 @@ def test_compact_merges_files_and_keeps_rows(reg, registry_root, tmp_path):
     assert reg.gc(min_age_s=0) == 1  # the losing duplicate's files are no longer referenced
     assert tree(registry_root.open(tmp_path / "cache3").get(keys[0])) == tree(a)
     assert reg.compact() == 0  # a single compacted file: nothing to do
+
+
+def test_reads_auto_compact_many_row_files(registry_root, tmp_path):
+    a = make_adapter(tmp_path / "a", "auto", size=16)
+    writer = registry_root.open(tmp_path / "cache-w", auto_compact=None)
+    keys = [key_of(f"auto-{i}") for i in range(6)]
+    for k in keys:
+        writer.put(k, a, row())
+    assert len(writer) == 6 and len(stored_files(writer, "meta")) == 6  # None: never compacts
+    reader = registry_root.open(tmp_path / "cache-r", auto_compact=6)
+    assert reader.exists(keys) == set(keys)
+    meta = stored_files(reader, "meta")
+    assert len(meta) == 1 and "compact-" in meta[0]
+    writer.put(key_of("auto-late"), a, row())
+    assert reader.exists([*keys, key_of("auto-late")]) == {*keys, key_of("auto-late")}
+    assert len(stored_files(reader, "meta")) == 2  # below the threshold again
 
 
 def test_compact_during_concurrent_puts_loses_nothing(reg, registry_root, tmp_path):

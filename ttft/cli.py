@@ -86,11 +86,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return 0
     with tempfile.TemporaryDirectory() as work:
         result = ft.train(job, work)
-        row = result.to_row()
-        row.pop("adapter_dir")
-        row.update(run=cfg.name, base_model=cfg.model.name, base_revision=cfg.model.revision)
-        registry.put(job.key, work, row)
-    print(json.dumps({k: v for k, v in row.items() if k != "train_losses"}, indent=2, default=str))
+        registry.put(job.key, work, result.registry_row(cfg.name, cfg.model, cfg.ttft))
+    print(json.dumps({k: v for k, v in result.to_row().items() if k not in ("train_losses", "adapter_dir")},
+                     indent=2, default=str))
     print(f"adapter {job.key} registered in {cfg.registry.root}")
     return 0
 

@@ -7,6 +7,7 @@ safetensors, and unloads the LoRA so the next job starts from the untouched base
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import resource
@@ -19,7 +20,7 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, prepare_model_for_kbit_training
 
-from ttft.config import ModelConfig, TTFTConfig
+from ttft.config import ModelConfig, TTFTConfig, ttft_hash
 from ttft.model import base_model_path, load_base_model
 from ttft.registry import adapter_key
 from ttft.samples import Sample, train_samples, val_samples
@@ -71,6 +72,18 @@ class FinetuneResult:
         row = asdict(self)
         row["train_loss"] = self.train_loss
         return row
+
+    def registry_row(self, run: str, model_cfg: ModelConfig, cfg: TTFTConfig, attempt: int = 1) -> dict:
+        """The adapter's metadata row for the registry (curves and extras go to `extra_json`)."""
+        extra = {k: getattr(self, k) for k in ("planned_steps", "n_samples", "train_seconds", "peak_mem_mb",
+                                               "train_losses")}
+        return {
+            "run": run, "task_ids": self.task_ids, "base_model": model_cfg.name, "base_revision": model_cfg.revision,
+            "config_hash": ttft_hash(cfg), "config_json": json.dumps(asdict(cfg), sort_keys=True),
+            "train_loss": self.train_loss, "val_loss_before": self.val_loss_before,
+            "val_loss_after": self.val_loss_after, "steps": self.steps, "tokens": self.tokens,
+            "seconds": self.seconds, "reduced": self.reduced, "attempt": attempt, "extra_json": extra,
+        }
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:

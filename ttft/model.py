@@ -15,13 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
-try:
-    from ttft.formats import ALPHABET, MARKERS
-except ImportError:  # TEMPORARY FALLBACK until ttft/formats.py exists; remove then. Values per the spec.
-    ALPHABET = "0123456789 x\n"
-    MARKERS = ("<in>", "<out>")
+from ttft.formats import ALPHABET, MARKERS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -93,7 +88,7 @@ def init_tiny_model(
     hidden_size: int = 128,
     layers: int = 2,
     intermediate_size: int | None = None,
-    initializer_range: float = 0.02,
+    initializer_range: float = 0.1,
 ) -> Path:
     """Build a random tiny Qwen2ForCausalLM with the ARC character tokenizer and save it to ``out_dir``.
 
@@ -146,62 +141,36 @@ def _split_revision(model: str) -> tuple[str, str | None]:
     return model, None
 
 
-def _s3_filesystem():
-    """pyarrow S3FileSystem configured from AWS_* environment variables (endpoint: AWS_ENDPOINT_URL)."""
-    from pyarrow import fs
-
-    kwargs: dict = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-        kwargs["endpoint_override"] = parsed.netloc
-        kwargs["scheme"] = parsed.scheme
-    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
-        kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
-    kwargs["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return fs.S3FileSystem(**kwargs)
-
-
 def default_cache_dir() -> Path:
     """Where downloaded models live: $TTFT_CACHE_DIR/models or ~/.cache/ttft/models."""
     root = os.environ.get("TTFT_CACHE_DIR")
     return (Path(root) if root else Path.home() / ".cache" / "ttft") / "models"
 
 
-def download_dir(filesystem, src: str, dest: str | Path) -> Path:
-    """Copy every file under ``src`` on a pyarrow ``filesystem`` into local ``dest`` atomically.
+def _download_model(uri: str, dest: Path) -> Path:
+    """Download every object under ``uri`` into ``dest`` once; a completed copy is reused as is.
 
-    The copy goes to a temporary sibling directory first and is renamed into place when complete, so a
-    crashed download never leaves a half-filled ``dest``. Raises FileNotFoundError if ``src`` is empty.
+    Files land in a temporary sibling directory that is renamed into place when complete, so a crashed
+    download never leaves a half-filled ``dest``. Raises FileNotFoundError if nothing is under ``uri``.
     """
-    from pyarrow import fs
+    from ttft import objstore
 
-    dest = Path(dest)
     if (dest / _COMPLETE).exists():
         return dest
-    src = src.rstrip("/")
-    infos = [
-        i for i in filesystem.get_file_info(fs.FileSelector(src, recursive=True)) if i.type == fs.FileType.File
-    ]
-    if not infos:
-        raise FileNotFoundError(f"no model files under {src!r}")
+    filesystem, path = objstore.filesystem_from_uri(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
     try:
-        for info in infos:
-            rel = info.path[len(src) :].lstrip("/")
-            target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with filesystem.open_input_stream(info.path) as f_in, open(target, "wb") as f_out:
-                shutil.copyfileobj(f_in, f_out, length=8 * _MIB)
-        (tmp / _COMPLETE).write_text(src + "\n")
+        if not objstore.download_dir(filesystem, path, tmp):
+            raise FileNotFoundError(f"no model files under {uri}")
+        (tmp / _COMPLETE).write_text(uri + "\n")
+        if dest.exists() and not (dest / _COMPLETE).exists():
+            shutil.rmtree(dest)  # a stale partial copy from an older layout
         try:
             os.replace(tmp, dest)
-        except OSError:  # dest appeared meanwhile (another process won the race) or is a stale partial dir
-            if not (dest / _COMPLETE).exists():
-                shutil.rmtree(dest, ignore_errors=True)
-                os.replace(tmp, dest)
+        except OSError:
+            if not (dest / _COMPLETE).exists():  # not another process winning the race: a real error
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -220,7 +189,7 @@ def resolve_model_path(model: str, cache_dir: str | Path | None = None) -> str:
         key = hashlib.sha256(model.rstrip("/").encode()).hexdigest()[:16]
         name = model.rstrip("/").rsplit("/", 1)[-1] or "model"
         dest = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        return str(download_dir(_s3_filesystem(), model[len("s3://") :], dest / f"{name}-{key}"))
+        return str(_download_model(model.rstrip("/"), dest / f"{name}-{key}"))
     path = Path(model).expanduser()
     if path.is_dir():
         return str(path.resolve())
@@ -271,7 +240,6 @@ def load_base_model(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=compute,
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_quant_storage=compute,
         )
     tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     if tokenizer.pad_token is None:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ttft.config import OrchestrateConfig, RegistryConfig, RunConfig, parse_duration
+from ttft.config import OrchestrateConfig, RegistryConfig, RunConfig, parse_duration, ttft_hash
 from ttft.finetune import FinetuneJob, Finetuner, make_jobs
 from ttft.inference import Adapter, Predictions, predict
 from ttft.model import base_model_path, model_identity
@@ -50,27 +50,20 @@ class FinetuneWorker:
         self.cfg = cfg
         self.finetuner = Finetuner(cfg.model, cfg.ttft, torch_threads=torch_threads)
         self.registry = open_registry(cfg.registry)
-        self.identity = model_identity(self.finetuner.model_path)
 
     def ready(self) -> str:
         return socket.gethostname()
 
     def run(self, job: FinetuneJob, attempt: int) -> dict[str, Any]:
-        """Train `job`, put the adapter in the registry, return its metrics row."""
+        """Train `job`, put the adapter in the registry, return its metrics."""
         work = tempfile.mkdtemp(prefix=f"ttft-{job.key[:8]}-")
         try:
             result = self.finetuner.train(job, work)
-            row = result.to_row()
-            row.pop("adapter_dir")
-            row.update(self._meta(attempt))
-            self.registry.put(job.key, work, row)
-            return row
+            self.registry.put(job.key, work, result.registry_row(self.cfg.name, self.cfg.model, self.cfg.ttft,
+                                                                 attempt))
+            return result.to_row()
         finally:
             shutil.rmtree(work, ignore_errors=True)
-
-    def _meta(self, attempt: int) -> dict[str, Any]:
-        return {"run": self.cfg.name, "base_model": self.cfg.model.name, "base_revision": self.cfg.model.revision,
-                "attempt": attempt}
 
 
 @dataclass
@@ -346,7 +339,7 @@ def _planned(outcomes: dict[str, JobOutcome], cfg: RunConfig) -> int:
 
 def _failed_row(cfg: RunConfig, job: FinetuneJob, attempts: int) -> dict[str, Any]:
     return {"task_ids": job.task_ids, "run": cfg.name, "base_model": cfg.model.name,
-            "base_revision": cfg.model.revision, "attempt": attempts}
+            "base_revision": cfg.model.revision, "config_hash": ttft_hash(cfg.ttft), "attempt": attempts}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> None:

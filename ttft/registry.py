@@ -28,8 +28,10 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -210,6 +212,9 @@ class AdapterRegistry:
     AWS_SECRET_ACCESS_KEY. `cache_dir` (default $TTFT_CACHE_DIR or ~/.cache/ttft, then /adapters) holds
     the verified local copies `get` returns. Metadata files already read are cached in memory: repeated
     `exists` / `query` calls only list the meta folder and read files that are new since the last call.
+    Reading thousands of one-row files is slow on a cold start (about 1 ms each locally, more on S3), so
+    once a read finds `auto_compact` or more uncompacted row files it compacts them (None: never; a
+    failure, e.g. read-only credentials, only turns auto-compaction off for this object, with a warning).
     """
 
     def __init__(
@@ -220,6 +225,7 @@ class AdapterRegistry:
         s3_access_key: str | None = None,
         s3_secret_key: str | None = None,
         cache_dir: str | os.PathLike | None = None,
+        auto_compact: int | None = 256,
     ):
         self.fs, self.base = objstore.filesystem_from_uri(
             root, endpoint=s3_endpoint, access_key=s3_access_key, secret_key=s3_secret_key
@@ -231,6 +237,9 @@ class AdapterRegistry:
         self._known: set[str] = set()  # meta files whose rows are in self._raw
         self._raw = self._empty_raw()
         self._view: pa.Table | None = None  # dedup(self._raw) without _file, rebuilt when _raw changes
+        self.auto_compact = auto_compact
+        self._compacting = False
+        self._lock = threading.RLock()  # one object may be shared by threads
 
     def __repr__(self) -> str:
         return f"AdapterRegistry({self.uri!r})"
@@ -265,13 +274,20 @@ class AdapterRegistry:
         put_id = uuid.uuid4().hex
         prefix = self._adapter_dir(key, put_id)
         files = []
-        for rel in rels:
-            size, sha = objstore.upload_file(Path(adapter_dir) / rel, self.fs, f"{prefix}/files/{rel}")
-            files.append({"path": rel, "size": size, "sha256": sha})
-        digest = manifest_sha256(files)
-        manifest = {"format": 1, "key": key, "put_id": put_id, "sha256": digest, "files": files}
-        objstore.write_bytes(self.fs, f"{prefix}/manifest.json", canonical_json(manifest).encode())
-        self._verify_stored_sizes(key, prefix, files)
+        try:
+            for rel in rels:
+                size, sha = objstore.upload_file(Path(adapter_dir) / rel, self.fs, f"{prefix}/files/{rel}")
+                files.append({"path": rel, "size": size, "sha256": sha})
+            digest = manifest_sha256(files)
+            manifest = {"format": 1, "key": key, "put_id": put_id, "sha256": digest, "files": files}
+            objstore.write_bytes(self.fs, f"{prefix}/manifest.json", canonical_json(manifest).encode())
+            self._verify_stored_sizes(key, prefix, files)
+        except BaseException:
+            try:  # best effort; gc() collects what is left
+                self.fs.delete_dir(prefix)
+            except Exception:
+                pass
+            raise
         pause = float(os.environ.get(PAUSE_ENV) or 0)
         if pause > 0:
             time.sleep(pause)
@@ -370,6 +386,10 @@ class AdapterRegistry:
 
     def refresh(self) -> None:
         """Bring the in-memory rows up to date with the meta folder (reads only files not seen before)."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         last: Exception | None = None
         for attempt in range(6):
             listed = self._list_meta()
@@ -393,19 +413,33 @@ class AdapterRegistry:
                 self._known |= {i.path for i in added}
             if gone or added or self._view is None:
                 self._view = dedup(self._raw).drop_columns(["_file"])
+            self._maybe_compact()
             return
         raise RegistryError(f"registry {self.uri}: could not read metadata: {last}") from last
 
+    def _maybe_compact(self) -> None:
+        if self.auto_compact is None or self._compacting:
+            return
+        if sum(not p.rsplit("/", 1)[-1].startswith("compact-") for p in self._known) < self.auto_compact:
+            return
+        try:
+            self.compact()
+        except (OSError, RegistryError) as e:
+            warnings.warn(f"registry {self.uri}: auto-compaction failed, turned off: {e}", stacklevel=3)
+            self.auto_compact = None
+
     def raw_rows(self) -> pa.Table:
         """Every stored row, duplicates included, with the meta file each came from (`_file`)."""
-        self.refresh()
-        return self._raw
+        with self._lock:
+            self._refresh()
+            return self._raw
 
     def rows(self) -> pa.Table:
         """One row per key (status ok preferred, then latest), as an Arrow table with SCHEMA."""
-        self.refresh()
-        assert self._view is not None
-        return self._view
+        with self._lock:
+            self._refresh()
+            assert self._view is not None
+            return self._view
 
     def __len__(self) -> int:
         return self.rows().num_rows
@@ -537,6 +571,14 @@ class AdapterRegistry:
         files this call never listed, so they stay. Concurrent compactions at worst leave duplicate rows,
         which readers deduplicate.
         """
+        with self._lock:
+            self._compacting = True
+            try:
+                return self._compact()
+            finally:
+                self._compacting = False
+
+    def _compact(self) -> int:
         self.refresh()
         files = sorted(self._known)
         if len(files) <= 1:

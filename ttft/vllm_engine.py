@@ -143,6 +143,8 @@ class VllmEngine:
             raise RuntimeError("VllmEngine is closed")
         if max_tokens < 1 or n < 1:
             raise ValueError(f"max_tokens and n must be >= 1, got max_tokens={max_tokens}, n={n}")
+        if n > 1 and temperature == 0.0:
+            raise ValueError(f"n={n} needs temperature > 0: greedy decoding gives one completion per prompt")
         if not requests:
             return []
         loras = [self._lora_request(r) for r in requests]

@@ -1,0 +1,156 @@
+"""`python -m jobs.sweep --config C`: Ray Tune over TTFT hyperparameters on a task subset.
+
+Each trial is a real TTFT run: the trial loads the base model once, trains one adapter per task with the
+trial's hyperparameters and reports the mean val loss after TTFT (the seed's metric: loss on the test-output
+tokens) and, with `--metric accuracy`, the share of test outputs that greedy decoding of the adapted model gets
+exactly right (identity augmentation: a fast proxy of the full vLLM voting pass). Prints the best config and a
+markdown table of all trials, also written to <out_dir>/<name>-sweep/sweep.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jobs.common import parser, setup, start_ray, tasks_of
+
+DEFAULT_SPACE = {
+    "ttft.optim.lr": ["loguniform", 1e-4, 1e-2],
+    "ttft.optim.steps": ["choice", [8, 16, 32]],
+    "ttft.lora.rank": ["choice", [4, 8, 16]],
+    "ttft.optim.batch_size": ["choice", [1, 2]],
+    "ttft.augment.per_split": ["choice", [2, 4, 8]],
+}
+
+
+def search_space(spec: dict[str, list]) -> dict[str, Any]:
+    """Turn {"key": ["choice", [..]] | ["loguniform", lo, hi] | ["uniform", lo, hi]} into Tune domains."""
+    from ray import tune
+
+    kinds = {"choice": tune.choice, "loguniform": tune.loguniform, "uniform": tune.uniform}
+    out = {}
+    for key, (kind, *args) in spec.items():
+        if kind not in kinds:
+            raise SystemExit(f"sweep space: {key}: unknown kind {kind!r} (choice, loguniform, uniform)")
+        out[key] = kinds[kind](*args)
+    return out
+
+
+def greedy_exact(ft: Any, model: Any, tasks: list, encoder: str) -> tuple[int, int]:
+    """(right, total) greedy predictions of the test outputs with `model` (identity augmentation)."""
+    import torch
+
+    from ttft.formats import ParseError, build_target, parse_output
+    from ttft.samples import val_samples
+
+    right = total = 0
+    for task in tasks:
+        for s, expected in zip(val_samples(task, ft.cfg.samples, ft.count_tokens), task.test_outputs or []):
+            ids = ft.tokenizer(s.prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(ft.device)
+            budget = ft.count_tokens(build_target(expected, encoder)) + 2
+            with torch.no_grad():
+                out = model.generate(ids, max_new_tokens=budget, do_sample=False, eos_token_id=ft.eos_id,
+                                     pad_token_id=ft.pad_id)
+            text = ft.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            grid = parse_output(text, encoder)
+            right += int(not isinstance(grid, ParseError) and grid == expected)
+            total += 1
+    return right, total
+
+
+def trial(params: dict[str, Any], base: dict[str, Any], tasks: list, want_accuracy: bool) -> dict[str, float]:
+    """One Tune trial: TTFT on every task with `params`; returns the metrics."""
+    from peft import PeftModel
+
+    from ttft.config import apply_overrides, config_from_dict
+    from ttft.finetune import Finetuner, make_jobs
+    from ttft.model import model_identity
+
+    cfg = config_from_dict(apply_overrides(base, params))
+    ft = Finetuner(cfg.model, cfg.ttft, torch_threads=1)
+    jobs = make_jobs(tasks, model_identity(ft.model_path), cfg.model, cfg.ttft)
+    before, after, right, total = [], [], 0, 0
+    for job in jobs:
+        with tempfile.TemporaryDirectory() as work:
+            r = ft.train(job, work)
+            if r.val_loss_after is not None:
+                before.append(r.val_loss_before)
+                after.append(r.val_loss_after)
+            if want_accuracy:
+                adapted = PeftModel.from_pretrained(ft.model, work)
+                ok, n = greedy_exact(ft, adapted, job.tasks, cfg.ttft.samples.encoder)
+                ft.model = adapted.unload()
+                right, total = right + ok, total + n
+    return {"val_loss": sum(after) / max(1, len(after)), "val_loss_before": sum(before) / max(1, len(before)),
+            "accuracy": right / total if total else 0.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("python -m jobs.sweep", __doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=8, help="Tune samples of the search space")
+    p.add_argument("--metric", choices=["val_loss", "accuracy"], default="val_loss")
+    p.add_argument("--space", help=f"JSON search space (default: {json.dumps(DEFAULT_SPACE)})")
+    p.add_argument("--concurrent", type=int, default=2, help="trials running at once")
+    args = p.parse_args(argv)
+    cfg = setup(args)
+    tasks, _ = tasks_of(cfg)
+    tasks = [t for t in tasks if t.test_outputs]
+    if not tasks:
+        sys.exit("sweep needs tasks with known test outputs (val loss)")
+    start_ray(cfg, args)
+    from ray import tune
+
+    space = search_space(json.loads(args.space) if args.space else DEFAULT_SPACE)
+    base = cfg.to_dict()
+    mode = "min" if args.metric == "val_loss" else "max"
+    want_acc = args.metric == "accuracy"
+
+    def trainable(params: dict[str, Any]) -> dict[str, float]:
+        return trial(params, base, tasks, want_acc)
+
+    out = cfg.run_dir.parent / f"{cfg.name}-sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=args.metric, mode=mode, num_samples=args.trials,
+                                    max_concurrent_trials=args.concurrent),
+        run_config=tune.RunConfig(name=f"{cfg.name}-sweep", storage_path=str(out.resolve() / "tune"), verbose=1),
+    )
+    results = tuner.fit()
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append({**r.config, "val_loss": None, "accuracy": None, "error": str(r.error).splitlines()[0]})
+        else:
+            rows.append({**r.config, **{k: r.metrics.get(k) for k in ("val_loss", "val_loss_before", "accuracy")}})
+    best = results.get_best_result()
+    keys = list(space)
+    cols = [*keys, "val_loss_before", "val_loss", "accuracy"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    ordered = sorted(rows, key=lambda r: (r.get(args.metric) is None,
+                                          (r.get(args.metric) or 0) * (1 if mode == "min" else -1)))
+    for r in ordered:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    table = "\n".join(lines)
+    text = (f"# Sweep {cfg.name}: {len(rows)} trials on {len(tasks)} tasks, metric {args.metric} ({mode})\n\n"
+            f"Best config: `{json.dumps(best.config)}` -> {args.metric} = {_fmt(best.metrics.get(args.metric))}\n\n"
+            f"{table}\n")
+    (out / "sweep.md").write_text(text)
+    (out / "best.json").write_text(json.dumps({"config": best.config, "metrics": {
+        k: best.metrics.get(k) for k in ("val_loss", "val_loss_before", "accuracy")}}, indent=2))
+    print(text)
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
