@@ -1,7 +1,8 @@
 """Shared test fixtures: the tiny model (built once per session) and ONE vLLM engine for the session.
 
 vLLM's engine start costs ~15-25 s on CPU, so every vLLM test shares the ``vllm_engine`` fixture; tests
-that use it are marked ``@pytest.mark.vllm`` (deselect them with ``-m "not vllm"``).
+that use it are marked ``@pytest.mark.vllm`` (deselect them with ``-m "not vllm"``). The ``ray_head``
+session fixture (a local ``ray start --head``) comes from tests/ray_cluster.py.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.ray_cluster import ray_head  # noqa: F401  (session fixture used by test_orchestrate.py)
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "vllm: starts/uses the shared vLLM engine (slow: ~20 s once per session)")
+    config.addinivalue_line(
+        "markers", "vllm: starts/uses the shared vLLM engine (slow: ~20 s once per session)"
+    )
 
 
 @pytest.fixture(scope="session")

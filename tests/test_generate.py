@@ -253,8 +253,33 @@ def test_every_pair_demonstrates_its_rule(generated):
             assert any(any(row) for row in out), task.id
             for part in rule.parts if isinstance(rule, Compose) else ():
                 assert part.apply(inp) != out, task.id
-        train_colors = {c for p in task.train for row in p.input for c in row}
-        assert {c for row in task.test_inputs[0] for c in row} <= train_colors, task.id
+        # the fate of every test color is shown: in a train input, and in a train output unless recolored
+        colors = lambda grids: {c for g in grids for row in g for c in row if c}  # noqa: E731
+        ins, outs = colors(p.input for p in task.train), colors(p.output for p in task.train)
+        for c in colors(task.test_inputs):
+            assert c in ins and (c in outs or c in rule.colors), (task.id, c)
+
+
+def test_no_equally_simple_rival_fits_with_another_answer(generated):
+    """Neighbors (one part swapped for another instance of its kind) that fit every train pair agree on
+    the test output, so the demonstrations pin the answer down among equally simple rules."""
+    n_rivals = 0
+    for task, rule, _ in generated:
+        for other in G.neighbors(rule):
+            if all(other.apply(p.input) == p.output for p in task.train):
+                n_rivals += 1
+                assert other.apply(task.test_inputs[0]) == task.test_outputs[0], (task.id, other.key)
+    assert n_rivals  # the check is not vacuous: some neighbors do fit the train pairs
+
+
+def test_neighbors_are_same_shape_rules():
+    rule = Compose(Shift(1, 0, wrap=False), ColorMap(((1, 2),)))
+    keys = {r.key for r in G.neighbors(rule)}
+    assert "shift-wrap-r1.cmap-12" in keys and "shift-zero-r1.cmap-12-21" in keys
+    assert rule.key not in keys and all(len(r.parts) == 2 for r in G.neighbors(rule))
+    assert {r.key for r in G.neighbors(D8Rule("rot90"))} == {
+        t for t in G.D8 if t not in ("identity", "rot90")
+    }
 
 
 def test_generated_mix_covers_kinds(generated):

@@ -16,6 +16,7 @@ from ttft import objstore
 from ttft.formats import ALPHABET, MARKERS, build_prompt, build_target
 from ttft.model import (
     SPECIAL_TOKENS,
+    base_model_path,
     init_tiny_model,
     load_base_model,
     model_identity,
@@ -236,3 +237,28 @@ def test_resolve_model_path_s3(s3_server, tiny_model_dir: Path, tmp_path: Path, 
     with pytest.raises(FileNotFoundError, match="no model files"):
         resolve_model_path(f"s3://{s3_server.bucket}/test-model/missing", cache_dir=tmp_path / "cache")
     assert not any(p.name.startswith("missing") for p in (tmp_path / "cache").iterdir())
+
+
+def test_base_model_path(tmp_path: Path, tiny_model_dir: Path):
+    from ttft.config import ModelConfig
+
+    cfg = ModelConfig(name="tiny", tiny_dir=str(tmp_path / "tiny"), tiny_seed=0)
+    built = Path(base_model_path(cfg))
+    assert built == (tmp_path / "tiny").resolve()
+    assert model_identity(str(built)) == model_identity(str(tiny_model_dir))
+    mtime = (built / "model.safetensors").stat().st_mtime_ns
+    assert base_model_path(cfg) == str(built) and (built / "model.safetensors").stat().st_mtime_ns == mtime
+    reseeded = Path(base_model_path(ModelConfig(name="tiny", tiny_dir=str(built), tiny_seed=1)))
+    assert reseeded == built and model_identity(str(built)) != model_identity(str(tiny_model_dir))
+    assert not [p for p in tmp_path.iterdir() if p.name != "tiny"]  # no temp dirs left behind
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="refusing"):
+        base_model_path(ModelConfig(name="tiny", tiny_dir=str(tmp_path / "other")))
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+    assert base_model_path(ModelConfig(name=str(tiny_model_dir))) == str(tiny_model_dir.resolve())
+    assert base_model_path(ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct")) == "Qwen/Qwen2.5-0.5B-Instruct"
+    hf = ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct", revision="r1")
+    assert base_model_path(hf) == "Qwen/Qwen2.5-0.5B-Instruct@r1"

@@ -117,7 +117,11 @@ def test_multi_lora_greedy_matches_hf_peft(vllm_engine, tiny_model_dir: Path, ad
             expected[name, prompt] = res
     for key, [res] in zip(keys, got, strict=True):
         want = expected[key]
-        assert (res.text, res.n_tokens, res.finish_reason) == (want.text, want.n_tokens, want.finish_reason), key
+        assert (res.text, res.n_tokens, res.finish_reason) == (
+            want.text,
+            want.n_tokens,
+            want.finish_reason,
+        ), key
         assert res.logprob == pytest.approx(want.logprob, abs=1e-3), key
     # the adapters really change the output (the comparison above could not tell otherwise)
     for prompt in PROMPTS:

@@ -17,8 +17,8 @@ Rules (atoms; each a frozen dataclass with ``kind``, ``key``/``name`` and a pure
 - ``Gravity``   "gravity-down" (up, left, right): non-zero cells fall to that side, keeping their order
 - ``Compose``   "rot90.cmap-35": two atoms of different kinds, applied left to right. Only the canonical
                 kind order ``KIND_ORDER`` is generated, because most pairs commute up to re-parametrization
-                (cmap commutes with everything but fill; D8 moves through every rule), so each function
-                appears under one key only.
+                (cmap commutes with everything but fill; D8 moves through every rule): this keeps most
+                functions under one key, so an eval composition is not a train one in disguise.
 
 Train/eval partition (fixed, independent of any seed, so any train seed and any eval seed stay disjoint;
 ``split_of(rule)``): a rule is "eval" when
@@ -37,7 +37,11 @@ cmap-12), so they are truly unseen only if pretraining does not augment. Level 1
 Inputs are 3..8 per side (scale: at most 12 // k, so outputs stay <= 12), background 0 with scattered cells
 or a few small objects inside a random window, drawn from a per-task palette of 2..4 colors that holds the
 rule's colors. A pair is kept only if it demonstrates the rule: output != input, output not all 0, and for a
-composition output != either part applied alone; test inputs only use colors seen in the train inputs.
+composition output != either part applied alone. The fate of every test input color is shown by the train
+pairs: it is in a train input, and also in a train output unless the rule recolors it (``colors``). And no
+equally simple rival (``neighbors``: one part replaced by another instance of its kind) that fits every
+train pair gives another test output. Rules with more parts may still fit (e.g. "crop" vs
+"shift-wrap-d1.crop" when no train input touches the bottom edge): the intended answer is the simplest.
 
 Task ids are ``gen-<split>-<index:05d>-<rule key>`` (safe names), so ``rule_of(task_id)`` recovers the rule
 from a task even after ``write_tasks`` / ``ttft.tasks.load_tasks``.
@@ -398,7 +402,8 @@ def split_of(rule: Rule) -> str:
     return "train"
 
 
-def _atoms() -> list[Rule]:
+@lru_cache(maxsize=1)
+def _atoms() -> tuple[Rule, ...]:
     atoms: list[Rule] = [D8Rule(t) for t in D8 if t != "identity"]
     atoms += [Gravity(d) for d in GRAVITY_DIRECTIONS]
     for wrap, reach in ((True, 1), (False, 2)):
@@ -414,7 +419,7 @@ def _atoms() -> list[Rule]:
     colors = range(1, 10)
     atoms += [ColorMap(((a, b), (b, a))) for a in colors for b in colors if a < b]  # swaps
     atoms += [ColorMap(((a, b),)) for a in colors for b in colors if a != b]  # substitutions
-    return atoms
+    return tuple(atoms)
 
 
 @lru_cache(maxsize=1)
@@ -509,8 +514,30 @@ def demonstrates(rule: Rule, grid: Grid, output: Grid) -> bool:
     return not isinstance(rule, Compose) or all(output != p.apply(grid) for p in rule.parts)
 
 
+def _variants(atom: Rule) -> list[Rule]:
+    variants = [a for a in _atoms() if a.kind == atom.kind and a != atom]
+    if isinstance(atom, Shift) and Shift(atom.dx, atom.dy, not atom.wrap) not in variants:
+        variants.append(Shift(atom.dx, atom.dy, not atom.wrap))
+    return variants
+
+
+@lru_cache(maxsize=4096)
+def neighbors(rule: Rule) -> tuple[Rule, ...]:
+    """Rules as simple as ``rule`` that a few pairs could confuse with it: one part swapped for another
+    instance of its kind (a shift also for the same move with the other edge mode)."""
+    if isinstance(rule, Compose):
+        firsts = [Compose(a, rule.second) for a in _variants(rule.first)]
+        return tuple(firsts + [Compose(rule.first, b) for b in _variants(rule.second)])
+    return tuple(_variants(rule))
+
+
 def _draw_pair(
-    rule: Rule, rng: random.Random, palette: Sequence[int], used: list[Grid], allowed: set[int] | None
+    rule: Rule,
+    rng: random.Random,
+    palette: Sequence[int],
+    used: list[Grid],
+    allowed: set[int] | None = None,
+    rivals: Sequence[Rule] = (),
 ) -> Pair:
     hi = rule.max_input_side
     for _ in range(MAX_PAIR_ATTEMPTS):
@@ -518,7 +545,7 @@ def _draw_pair(
         if grid in used or (allowed is not None and not _grid_colors(grid) <= allowed):
             continue
         out = rule.apply(grid)
-        if demonstrates(rule, grid, out):
+        if demonstrates(rule, grid, out) and all(r.apply(grid) == out for r in rivals):
             return Pair(grid, out)
     raise GenerationError(f"rule {rule.key}: no demonstrating pair in {MAX_PAIR_ATTEMPTS} attempts")
 
@@ -527,7 +554,9 @@ def generate_task(
     rule: Rule, rng: random.Random, n_train: int = 3, n_test: int = 1, task_id: str = "gen-task"
 ) -> Task:
     """One task of the rule with test outputs filled; every pair demonstrates the rule (``demonstrates``),
-    inputs are distinct and test inputs only use colors seen in the train inputs. Raises GenerationError."""
+    inputs are distinct, the fate of every test input color is shown by the train pairs (module docstring),
+    and every neighbor of the rule (``neighbors``) that fits all train pairs gives the same test output.
+    Raises GenerationError."""
     check_task_id(task_id)
     if n_train < 1 or n_test < 1:
         raise ValueError(f"task {task_id}: need n_train >= 1 and n_test >= 1, got {n_train}, {n_test}")
@@ -537,10 +566,13 @@ def generate_task(
     for _ in range(n_train):
         train.append(_draw_pair(rule, rng, palette, used, None))
         used.append(train[-1].input)
-    seen = set().union(*(_grid_colors(p.input) for p in train))
+    in_colors = set().union(*(_grid_colors(p.input) for p in train))
+    out_colors = set().union(*(_grid_colors(p.output) for p in train))
+    seen = (in_colors & out_colors) - set(rule.colors) | (in_colors & set(rule.colors))
+    rivals = [r for r in neighbors(rule) if all(r.apply(p.input) == p.output for p in train)]
     tests = []
     for _ in range(n_test):
-        tests.append(_draw_pair(rule, rng, palette, used, seen))
+        tests.append(_draw_pair(rule, rng, palette, used, seen, rivals))
         used.append(tests[-1].input)
     task = Task(task_id, tuple(train), tuple(p.input for p in tests), tuple(p.output for p in tests))
     validate_task(task)

@@ -200,6 +200,58 @@ def resolve_model_path(model: str, cache_dir: str | Path | None = None) -> str:
     return model
 
 
+def ensure_tiny_model(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """The tiny model in ``out_dir``, built there when missing (atomically; safe with concurrent callers).
+
+    ``.ttft-tiny.json`` records the seed a directory was built with; one built with another seed is
+    rebuilt. A model directory without that stamp (e.g. from ``ttft init-tiny``) is used as it is; any
+    other non-empty directory is an error, never overwritten.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    recipe = {"seed": seed}
+    stamp = out / ".ttft-tiny.json"
+
+    def built() -> bool:
+        return stamp.is_file() and json.loads(stamp.read_text()) == recipe
+
+    if built() or (not stamp.exists() and (out / "config.json").is_file()):
+        return out
+    if out.exists() and not stamp.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: not empty and not a tiny model directory; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        init_tiny_model(tmp, seed=seed)
+        (tmp / stamp.name).write_text(json.dumps(recipe))
+        if out.exists() and not built():
+            shutil.rmtree(out)  # ours (stamped) with another seed, or empty
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not built():  # unless another process built the same model meanwhile
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def base_model_path(model_cfg) -> str:
+    """What to load for a ``config.ModelConfig``.
+
+    ``name == "tiny"``: the tiny model's dir (built on first use, see :func:`ensure_tiny_model`); a local
+    dir or s3:// path: a local dir (see :func:`resolve_model_path`); an HF id: the id, as ``id@revision``
+    when a revision is set.
+    """
+    from ttft.config import TINY_MODEL
+
+    if model_cfg.name == TINY_MODEL:
+        return str(ensure_tiny_model(model_cfg.tiny_dir, seed=model_cfg.tiny_seed))
+    path = resolve_model_path(model_cfg.name)
+    if model_cfg.revision and not Path(path).is_dir():
+        path = f"{_split_revision(path)[0]}@{model_cfg.revision}"
+    return path
+
+
 def _torch_dtype(dtype: str):
     import torch
 

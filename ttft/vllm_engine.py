@@ -69,14 +69,22 @@ class VllmEngine:
         seed: int = 0,
         **engine_kwargs,
     ) -> None:
-        """Start the engine (tens of seconds on CPU). ``engine_kwargs`` go to ``vllm.LLM`` unchanged."""
+        """Start the engine (tens of seconds on CPU) over a local model dir or an HF id (``id@revision``).
+
+        ``engine_kwargs`` go to ``vllm.LLM`` unchanged and win over the defaults chosen here.
+        """
         from vllm import LLM
 
         self.model_dir = str(model_dir)
         self.enable_lora = enable_lora
+        model, revision = self.model_dir, None
+        if "@" in model and not Path(model).exists():  # HF id with a revision: "org/name@rev"
+            model, revision = model.rsplit("@", 1)
         kwargs: dict = {
-            "model": self.model_dir,
-            "tokenizer": self.model_dir,
+            "model": model,
+            "tokenizer": model,
+            "revision": revision,
+            "tokenizer_revision": revision,
             "max_model_len": max_model_len,
             "dtype": dtype,
             "seed": seed,

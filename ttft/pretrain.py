@@ -1,0 +1,497 @@
+"""Base-model pretraining on ARC training tasks: the first half of the seed's recipe, without Ray.
+
+The seed starts TTFT from a model that was first fine-tuned on ARC *training* tasks. This module holds
+everything of that step that is plain torch: the `pretrain:` config section, task loading (any
+``load_tasks`` source or ``generated:SPLIT:N:SEED``), the per-rank sample stream (the same n-1 splits,
+augmentations and prompt format as TTFT, through ``samples.train_samples``), tokenization with the prompt
+masked, the training loop of one data-parallel worker, checkpoints, and the export of the merged model.
+``jobs/pretrain.py`` runs :func:`train_worker` on every Ray Train worker and supplies the Ray parts
+(DDP wrapping, ``report``, the checkpoint to resume from).
+
+Data parallelism: every worker builds the same sample list for an epoch (deterministic in the seed and the
+epoch, so each epoch draws fresh augmentations), truncates it to a multiple of the world size and takes
+every world-size-th sample from its rank on. All shards are equally long, so the stream position
+(epoch, offset) is the same on every rank and one number pair in the checkpoint resumes all of them.
+``ttft.optim.batch_size`` is per worker: the global batch is batch_size x grad_accum x workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ttft.config import (
+    ConfigError,
+    LoraConfig,
+    RunConfig,
+    _build,
+    _read_yaml,
+    apply_overrides,
+    config_from_dict,
+)
+from ttft.finetune import lr_lambda
+from ttft.samples import Sample, train_samples
+from ttft.tasks import Pair, Task, TaskError, load_tasks
+
+GENERATED_RE = re.compile(r"^generated:(train|eval):(\d+):(-?\d+)$")
+STATE_FILE = "train_state.pt"
+SUMMARY_FILE = "pretrain.json"
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class PretrainConfig:
+    """The `pretrain:` section of a pretraining YAML (the rest of the file is a normal RunConfig).
+
+    model, ttft.samples, ttft.augment, ttft.lora and ttft.optim of the same file describe the pretraining
+    (optim.steps = total optimizer steps; optim.batch_size = per worker).
+    """
+
+    data: str = "arc1/training"  # any load_tasks source, or generated:SPLIT:N:SEED
+    solutions: str | None = None  # Kaggle solutions file for `data`
+    limit: int | None = None
+    max_side: int | None = None
+    use_test_outputs: bool = True  # known test pairs of the training tasks become extra train pairs
+    mode: str = "full"  # full (all weights) | lora (merged into the base at the end)
+    workers: int = 1  # Ray Train workers (data parallel)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    torch_threads: int | None = None  # per worker; None: cpus_per_worker (at least 1)
+    output: str | None = None  # merged model dir (local or s3://); None: <out_dir>/<name>/model
+    storage: str | None = None  # checkpoints (local or s3://); None: <out_dir>/<name>/checkpoints
+    s3_endpoint: str | None = None  # for s3:// output/storage; else AWS_ENDPOINT_URL
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    max_failures: int = 0  # Ray Train restarts the workers from the last checkpoint this many times
+
+
+def _check_pretrain(p: PretrainConfig) -> None:
+    if p.mode not in ("full", "lora"):
+        raise ConfigError(f"pretrain.mode: {p.mode!r} is not one of ['full', 'lora']")
+    for key in ("workers", "checkpoint_every", "keep_checkpoints", "log_every"):
+        if getattr(p, key) < 1:
+            raise ConfigError(f"pretrain.{key}: must be >= 1, got {getattr(p, key)}")
+    if p.cpus_per_worker <= 0:
+        raise ConfigError(f"pretrain.cpus_per_worker: must be > 0, got {p.cpus_per_worker}")
+    if p.torch_threads is not None and p.torch_threads < 1:
+        raise ConfigError(f"pretrain.torch_threads: must be >= 1, got {p.torch_threads}")
+    if p.max_failures < -1:
+        raise ConfigError(f"pretrain.max_failures: must be >= -1 (-1: unlimited), got {p.max_failures}")
+    if p.data.startswith("generated:") and not GENERATED_RE.match(p.data):
+        raise ConfigError(f"pretrain.data: {p.data!r}: expected generated:SPLIT:N:SEED, e.g. generated:train:200:0")
+
+
+def pretrain_config_from_dict(data: dict[str, Any]) -> tuple[RunConfig, PretrainConfig]:
+    """Split a mapping into its RunConfig and its `pretrain:` section, both validated."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    data = dict(data)
+    section = data.pop("pretrain", None) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"pretrain: expected a mapping, got {type(section).__name__} {section!r}")
+    pcfg = _build(PretrainConfig, section, "pretrain")
+    _check_pretrain(pcfg)
+    cfg = config_from_dict(data)
+    if cfg.model.load_in_4bit:
+        raise ConfigError("model.load_in_4bit: not supported by pretrain (the output is merged full weights)")
+    return cfg, pcfg
+
+
+def load_pretrain_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[RunConfig, PretrainConfig]:
+    """Load a pretraining YAML (`extends:` works as for run configs) and apply dotted overrides."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    try:
+        return pretrain_config_from_dict(apply_overrides(data, overrides or {}))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def output_paths(cfg: RunConfig, pcfg: PretrainConfig) -> tuple[str, str]:
+    """(model output, checkpoint storage): s3:// URIs as given, local paths made absolute."""
+
+    def absolute(p: str) -> str:
+        return p if p.startswith("s3://") else str(Path(p).expanduser().resolve())
+
+    output = pcfg.output or str(cfg.run_dir / "model")
+    storage = pcfg.storage or str(cfg.run_dir / "checkpoints")
+    return absolute(output), absolute(storage)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def load_pretrain_tasks(pcfg: PretrainConfig) -> tuple[list[Task], list[str]]:
+    """The training tasks of `pcfg.data` and one-line reasons for the invalid ones (skipped).
+
+    ``generated:SPLIT:N:SEED`` draws N tasks from ``ttft.generate``; anything else goes to ``load_tasks``.
+    ``limit`` and ``max_side`` select as in ``load_tasks``. Raises ValueError when no task is left.
+    """
+    m = GENERATED_RE.match(pcfg.data)
+    errors: list[str] = []
+    if m:
+        from ttft.generate import generate_tasks
+
+        tasks = generate_tasks(m[1], int(m[2]), int(m[3]))
+        if pcfg.max_side is not None:
+            tasks = [t for t in tasks if t.max_side() <= pcfg.max_side]
+        if pcfg.limit is not None:
+            tasks = tasks[: pcfg.limit]
+    else:
+        res = load_tasks(pcfg.data, solutions=pcfg.solutions, limit=pcfg.limit, max_side=pcfg.max_side,
+                         skip_invalid=True)
+        tasks, errors = res.tasks, [str(e) for e in res.errors]
+    if not tasks:
+        raise ValueError(f"pretrain.data: no valid task in {pcfg.data!r}")
+    return tasks, errors
+
+
+def training_view(task: Task, use_test_outputs: bool) -> Task:
+    """The task as pretraining sees it: known test pairs appended to the train pairs (if asked)."""
+    if not use_test_outputs or not task.test_outputs:
+        return task
+    extra = tuple(Pair(i, o) for i, o in zip(task.test_inputs, task.test_outputs, strict=True))
+    return Task(task.id, task.train + extra, task.test_inputs, task.test_outputs)
+
+
+def encode_sample(tokenizer: Any, sample: Sample) -> tuple[list[int], list[int]]:
+    """Token ids and labels as in TTFT (``Finetuner._encode``): prompt masked (-100), target + EOS learned."""
+    p = tokenizer(sample.prompt, add_special_tokens=False).input_ids
+    t = tokenizer(sample.target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return p + t, [-100] * len(p) + t
+
+
+def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, device: Any = "cpu") -> dict:
+    """Right-padded batch tensors: input_ids, labels (-100 on padding), attention_mask."""
+    width = max(len(ids) for ids, _ in encoded)
+    ids = [x + [pad_id] * (width - len(x)) for x, _ in encoded]
+    labels = [y + [-100] * (width - len(y)) for _, y in encoded]
+    mask = [[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded]
+    return {
+        "input_ids": torch.tensor(ids, device=device),
+        "labels": torch.tensor(labels, device=device),
+        "attention_mask": torch.tensor(mask, device=device),
+    }
+
+
+def epoch_samples(tasks: Sequence[Task], cfg: RunConfig, count_tokens: Callable[[str], int], epoch: int) -> list[Sample]:
+    """All samples of one epoch, shuffled; augmentations are drawn anew per epoch (seed = optim.seed, epoch)."""
+    seed = cfg.ttft.optim.seed * 1_000_003 + epoch
+    out: list[Sample] = []
+    for task in tasks:
+        out += train_samples(task, cfg.ttft.samples, cfg.ttft.augment, count_tokens, seed)
+    random.Random(f"pretrain:{cfg.ttft.optim.seed}:{epoch}").shuffle(out)
+    return out
+
+
+class SampleStream:
+    """This rank's endless stream of samples: epoch after epoch, each epoch sharded by rank.
+
+    Each epoch's list is cut to a multiple of `world_size` so that every shard has the same length and
+    `(epoch, offset)` means the same position on every rank (see the module docstring).
+    """
+
+    def __init__(self, tasks: Sequence[Task], cfg: RunConfig, count_tokens: Callable[[str], int], *,
+                 rank: int = 0, world_size: int = 1, epoch: int = 0, offset: int = 0):
+        self.tasks, self.cfg, self.count_tokens = list(tasks), cfg, count_tokens
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.offset = epoch, offset
+        self._shard: list[Sample] | None = None
+
+    def shard(self, epoch: int) -> list[Sample]:
+        """This rank's samples of `epoch`."""
+        samples = epoch_samples(self.tasks, self.cfg, self.count_tokens, epoch)
+        n = len(samples) // self.world_size * self.world_size
+        if n == 0:
+            raise ValueError(
+                f"pretrain: {len(samples)} training sample(s) for {self.world_size} workers; need at least one "
+                f"per worker (tasks with one train pair give none; samples.max_seq_len="
+                f"{self.cfg.ttft.samples.max_seq_len} may be too small)"
+            )
+        return samples[self.rank : n : self.world_size]
+
+    def take(self, n: int) -> list[Sample]:
+        """The next `n` samples, moving on to the next epoch when this one is used up."""
+        out: list[Sample] = []
+        while len(out) < n:
+            if self._shard is None:
+                self._shard = self.shard(self.epoch)
+            if self.offset >= len(self._shard):
+                self.epoch, self.offset, self._shard = self.epoch + 1, 0, None
+                continue
+            k = min(n - len(out), len(self._shard) - self.offset)
+            out += self._shard[self.offset : self.offset + k]
+            self.offset += k
+        return out
+
+
+def total_steps(cfg: RunConfig, samples_per_epoch: int, world_size: int) -> int:
+    """Optimizer steps of the run: optim.steps, or ceil(epochs x samples / global batch) when epochs is set."""
+    o = cfg.ttft.optim
+    if o.epochs is None:
+        return o.steps
+    return max(1, math.ceil(o.epochs * samples_per_epoch / (o.batch_size * o.grad_accum * world_size)))
+
+
+# -------------------------------------------------------------------------------------------- model
+
+
+def build_model(cfg: RunConfig, pcfg: PretrainConfig, model_path: str, device: Any) -> tuple[Any, Any]:
+    """Load the base model on `device` and make it trainable: every weight (full) or a seeded LoRA (lora)."""
+    from ttft.model import load_base_model
+
+    model, tokenizer = load_base_model(model_path, dtype=cfg.model.dtype, device=str(device))
+    torch.manual_seed(cfg.ttft.optim.seed)
+    if pcfg.mode == "lora":
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        lc: LoraConfig = cfg.ttft.lora
+        model = get_peft_model(model, PeftLoraConfig(
+            r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
+            use_rslora=lc.use_rslora, task_type="CAUSAL_LM", bias="none",
+        ))
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.train()
+    return model, tokenizer
+
+
+def fingerprint(cfg: RunConfig, pcfg: PretrainConfig) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed (steps and lr may change, e.g. to train longer)."""
+    return {
+        "model": cfg.model.name, "revision": cfg.model.revision, "dtype": cfg.model.dtype, "mode": pcfg.mode,
+        "lora": asdict(cfg.ttft.lora) if pcfg.mode == "lora" else None, "data": pcfg.data,
+        "limit": pcfg.limit, "max_side": pcfg.max_side, "use_test_outputs": pcfg.use_test_outputs,
+        "samples": asdict(cfg.ttft.samples), "augment": asdict(cfg.ttft.augment), "seed": cfg.ttft.optim.seed,
+    }
+
+
+@dataclass
+class TrainState:
+    """Progress saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    offset: int = 0
+    tokens: int = 0
+    history: list[list[float]] = field(default_factory=list)  # [step, mean loss since the previous report]
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    sched: Any, state: TrainState, fp: dict[str, Any]) -> Path:
+    """Write the trainable weights, optimizer, scheduler and TrainState to `directory`/train_state.pt."""
+    path = Path(directory) / STATE_FILE
+    torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": fp, "model": _trainable(model),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": asdict(state)}, path)
+    return path
+
+
+def load_checkpoint(directory: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    sched: Any, fp: dict[str, Any], device: Any = "cpu") -> TrainState:
+    """Restore what `save_checkpoint` wrote; refuses a checkpoint of another model / data / recipe."""
+    path = Path(directory) / STATE_FILE
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    diff = sorted(k for k in fp.keys() | ckpt["fingerprint"].keys() if fp.get(k) != ckpt["fingerprint"].get(k))
+    if diff:
+        raise ValueError(
+            f"{path}: checkpoint was written with another {', '.join(diff)}; use another run name or storage "
+            f"(pretrain.storage / --name) or delete the old checkpoints to start over"
+        )
+    expected = _trainable(model).keys()
+    if set(ckpt["model"]) != set(expected):
+        missing = sorted(set(expected) - set(ckpt["model"]))[:3]
+        raise ValueError(f"{path}: trainable weights do not match the model (e.g. missing {missing})")
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in ckpt["model"].items():
+            params[name].copy_(value)
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    return TrainState(**ckpt["state"])
+
+
+def export_model(model: torch.nn.Module, tokenizer: Any, output: str, summary: dict[str, Any],
+                 s3_endpoint: str | None = None) -> str:
+    """Save the trained model as a plain HF dir (LoRA merged into the base) + tokenizer + pretrain.json.
+
+    `output` is a local dir (replaced as a whole: written beside it, then renamed into place) or an s3://
+    prefix (its old objects removed, then uploaded). Returns `output`.
+    """
+    from ttft import objstore
+
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    is_s3 = objstore.is_s3(output)
+    parent = Path(tempfile.gettempdir()) if is_s3 else Path(output).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".pretrain-export-", dir=parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        if is_s3:
+            fs, path = objstore.filesystem_from_uri(output, endpoint=s3_endpoint)
+            if objstore.list_files(fs, path):
+                fs.delete_dir_contents(path)
+            objstore.upload_dir(tmp, fs, path)
+        else:
+            old = None
+            if Path(output).exists():
+                old = Path(tempfile.mkdtemp(prefix=".pretrain-old-", dir=parent))
+                os.replace(output, old / "model")
+            os.replace(tmp, output)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return output
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def _mean_across_ranks(value: float, device: Any) -> float:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / dist.get_world_size()
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, batches: Sequence[dict],
+               max_grad_norm: float) -> float:
+    """One optimizer step over `batches` (gradient accumulation); returns this rank's mean loss.
+
+    `model` may be DDP-wrapped: gradients are synchronised on the last micro-batch only.
+    """
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        ctx = model.no_sync() if (not last and hasattr(model, "no_sync")) else contextlib.nullcontext()
+        with ctx:
+            loss = model(**batch).loss / len(batches)
+            loss.backward()
+        total += float(loss)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    sched.step()
+    return total
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(max(0, s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+Report = Callable[[dict[str, Any], Path | None], None]
+
+
+def train_worker(cfg: RunConfig, pcfg: PretrainConfig, tasks: Sequence[Task], model_path: str, output: str, *,
+                 rank: int = 0, world_size: int = 1, device: Any = "cpu", resume_dir: str | Path | None = None,
+                 wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+                 report: Report = lambda metrics, ckpt: None) -> dict[str, Any]:
+    """The training loop of one data-parallel worker; returns the last metrics.
+
+    Resumes from `resume_dir` (a checkpoint of `save_checkpoint`) when given. Every `log_every` steps, every
+    `checkpoint_every` steps and at the last step, every rank calls `report(metrics, checkpoint_dir)` at the
+    same steps; `checkpoint_dir` is a directory holding the checkpoint on rank 0 at checkpoint steps (valid
+    only during the call) and None otherwise. Rank 0 prints progress and, at the end, exports the merged
+    model to `output` (also when the run was already complete: the export is idempotent).
+    """
+    o = cfg.ttft.optim
+    model, tokenizer = build_model(cfg, pcfg, model_path, device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    views = [training_view(t, pcfg.use_test_outputs) for t in tasks]
+    n_epoch = len(epoch_samples(views, cfg, count_tokens, 0))
+    steps = total_steps(cfg, n_epoch, world_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.schedule, o.warmup_steps, steps))
+    fp = fingerprint(cfg, pcfg)
+    state = TrainState()
+    if resume_dir is not None:
+        state = load_checkpoint(resume_dir, model, opt, sched, fp, device)
+    start_step = state.step
+    main = rank == 0
+    if main:
+        where = f"resuming at step {start_step}" if resume_dir is not None else "starting at step 0"
+        print(f"[pretrain] {len(tasks)} tasks, {n_epoch} samples/epoch, {steps} steps x {o.batch_size} x "
+              f"{o.grad_accum} x {world_size} workers, mode {pcfg.mode}: {where}", flush=True)
+    wrapped = wrap_model(model)
+    stream = SampleStream(views, cfg, count_tokens, rank=rank, world_size=world_size, epoch=state.epoch,
+                          offset=state.offset)
+    t0 = time.monotonic()
+    window: list[float] = []
+    metrics: dict[str, Any] = {"step": state.step, "total_steps": steps, "start_step": start_step}
+    while state.step < steps:
+        batches = []
+        for _ in range(o.grad_accum):
+            batch = collate([encode_sample(tokenizer, s) for s in stream.take(o.batch_size)], pad_id, device)
+            state.tokens += int(batch["attention_mask"].sum())
+            batches.append(batch)
+        loss = train_step(wrapped, opt, sched, batches, o.max_grad_norm)
+        window.append(_mean_across_ranks(loss, device))
+        state.step += 1
+        state.epoch, state.offset = stream.epoch, stream.offset
+        is_ckpt = state.step % pcfg.checkpoint_every == 0 or state.step == steps
+        if not (is_ckpt or state.step % pcfg.log_every == 0):
+            continue
+        mean_loss = sum(window) / len(window)
+        window = []
+        state.history.append([state.step, mean_loss])
+        elapsed = time.monotonic() - t0
+        rate = (state.step - start_step) / max(elapsed, 1e-9)
+        metrics = {"step": state.step, "total_steps": steps, "start_step": start_step, "loss": mean_loss,
+                   "lr": sched.get_last_lr()[0], "epoch": state.epoch, "tokens": state.tokens * world_size,
+                   "steps_per_s": rate, "elapsed_s": elapsed}
+        if main:
+            print(f"[pretrain] step {state.step}/{steps} loss {mean_loss:.4f} lr {metrics['lr']:.2e} "
+                  f"epoch {state.epoch} {rate:.2f} steps/s ETA {_fmt_seconds((steps - state.step) / rate)}",
+                  flush=True)
+        if is_ckpt and main:
+            with tempfile.TemporaryDirectory(prefix="pretrain-ckpt-") as d:
+                save_checkpoint(d, model, opt, sched, state, fp)
+                report(metrics, Path(d))
+        else:
+            report(metrics, None)
+    if main:
+        summary = {"base_model": cfg.model.name, "mode": pcfg.mode, "data": pcfg.data, "tasks": len(tasks),
+                   "samples_per_epoch": n_epoch, "steps": state.step, "start_step": start_step,
+                   "workers": world_size, "tokens": state.tokens * world_size, "history": state.history,
+                   "config": {"ttft": asdict(cfg.ttft), "pretrain": asdict(pcfg)}}
+        export_model(model, tokenizer, output, summary, pcfg.s3_endpoint)
+        print(f"[pretrain] model written to {output}", file=sys.stderr, flush=True)
+    return metrics
