@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RAY=${RAY:-.venv/bin/ray}
+# The head listens on loopback only; Ray 2.60's default token auth would make every local `ray job submit`
+# need RAY_AUTH_MODE=token, so it is off here unless the caller sets RAY_AUTH_MODE.
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 case "${1:-start}" in
   start)
     gpus=$(command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L | wc -l || echo 0)

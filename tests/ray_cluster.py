@@ -1,8 +1,13 @@
-"""A real local Ray head for the tests: `ray start --head` on loopback with free ports, stopped at the end."""
+"""A real local Ray head for the tests: `ray start --head --block` on loopback with free ports.
+
+The head runs in its own process group and is stopped by signalling that group, so other Ray
+clusters on the machine (a developer's, another test run's) are left alone.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,31 +23,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ray(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], capture_output=True, text=True,
-                          **kw)
+def _job_api_up(dashboard: str, env: dict[str, str]) -> bool:
+    """True once the head accepts a job (its dashboard agent is up, not only the HTTP API)."""
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--no-wait", "--address", dashboard,
+           "--", "true"]
+    try:
+        return subprocess.run(cmd, capture_output=True, env=env, timeout=120).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 @pytest.fixture(scope="session")
-def ray_head() -> Iterator[dict[str, str]]:
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Start one Ray head for the session; yields its GCS address and dashboard (job API) URL."""
-    port, dash = free_port(), free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                "--disable-usage-stats", env=env, timeout=180)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ray start --head failed:\n{proc.stdout}\n{proc.stderr}")
+    port, dash, client = free_port(), free_port(), free_port()
+    # Loopback-only test cluster: no token auth (Ray 2.60 enables it by default for `ray start --head`).
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+         "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
     info = {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
-    deadline = time.monotonic() + 60
-    while _ray("job", "list", "--address", info["dashboard"], env=env, timeout=60).returncode != 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError("Ray job API did not come up")
-        time.sleep(1)
     prev = os.environ.pop("RAY_ADDRESS", None)
     try:
+        deadline = time.monotonic() + 300
+        while not _job_api_up(info["dashboard"], env):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Ray head did not come up; see {log.name}")
+            time.sleep(2)
         yield info
     finally:
-        _ray("stop", "--force", env=env, timeout=120)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
         if prev is not None:
             os.environ["RAY_ADDRESS"] = prev

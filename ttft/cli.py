@@ -135,15 +135,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str):
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        return importlib.import_module(module).main(args.rest)
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ttft", description="Test-time fine-tuning for ARC at cluster scale.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -184,19 +175,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot", help="PNG path (default: compare.png beside the runs)")
     c.set_defaults(fn=cmd_compare)
 
-    for name, module, text in (
-        ("infer", "jobs.infer", "predict with registry adapters through vLLM (python -m jobs.infer)"),
-        ("eval", "jobs.eval", "the whole pipeline: fine-tune, infer, score, report (python -m jobs.eval)"),
-        ("sweep", "jobs.sweep", "Ray Tune over TTFT hyperparameters (python -m jobs.sweep)"),
-        ("pretrain", "jobs.pretrain", "Ray Train base-model training (python -m jobs.pretrain)"),
-    ):
-        j = sub.add_parser(name, help=text, add_help=False)
-        j.add_argument("rest", nargs=argparse.REMAINDER)
-        j.set_defaults(fn=_delegate(module))
+    for name, (module, text) in DELEGATED.items():
+        sub.add_parser(name, help=f"{text} (python -m {module}; see `ttft {name} --help`)")
     return p
 
 
+# Ray-backed commands: `ttft NAME ARGS...` is `python -m MODULE ARGS...`.
+DELEGATED = {
+    "infer": ("jobs.infer", "predict with registry adapters through vLLM multi-LoRA"),
+    "eval": ("jobs.eval", "the whole pipeline: fine-tune, infer, score, report"),
+    "sweep": ("jobs.sweep", "Ray Tune over TTFT hyperparameters"),
+    "pretrain": ("jobs.pretrain", "Ray Train base-model training on training tasks"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

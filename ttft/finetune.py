@@ -219,7 +219,7 @@ class Finetuner:
                     batch = self._batch(batch_samples)
                     loss = model(**batch).loss / o.grad_accum
                     loss.backward()
-                    step_loss += float(loss)
+                    step_loss += loss.item()
                     tokens += int(batch["attention_mask"].sum())
                 torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm)
                 opt.step()

@@ -350,8 +350,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("TTFT_", "AWS_", "HF_"))}}
     if address:
         ray.init(address=address, runtime_env=env, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=None, runtime_env=env, **kwargs)
+    else:  # "local": never attach to some other cluster that happens to run on this machine
+        ray.init(address="local", num_cpus=num_cpus, runtime_env=env, **kwargs)
 
 
 

@@ -24,7 +24,6 @@ import os
 import random
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +44,7 @@ from ttft.config import (
 )
 from ttft.finetune import lr_lambda
 from ttft.samples import Sample, train_samples
-from ttft.tasks import Pair, Task, TaskError, load_tasks
+from ttft.tasks import Pair, Task, load_tasks
 
 GENERATED_RE = re.compile(r"^generated:(train|eval):(\d+):(-?\d+)$")
 STATE_FILE = "train_state.pt"
@@ -71,6 +70,7 @@ class PretrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     torch_threads: int | None = None  # per worker; None: cpus_per_worker (at least 1)
+    # Multi-node clusters: use s3:// (or a shared filesystem) for both; rank 0 writes the output.
     output: str | None = None  # merged model dir (local or s3://); None: <out_dir>/<name>/model
     storage: str | None = None  # checkpoints (local or s3://); None: <out_dir>/<name>/checkpoints
     s3_endpoint: str | None = None  # for s3:// output/storage; else AWS_ENDPOINT_URL
@@ -93,7 +93,9 @@ def _check_pretrain(p: PretrainConfig) -> None:
     if p.max_failures < -1:
         raise ConfigError(f"pretrain.max_failures: must be >= -1 (-1: unlimited), got {p.max_failures}")
     if p.data.startswith("generated:") and not GENERATED_RE.match(p.data):
-        raise ConfigError(f"pretrain.data: {p.data!r}: expected generated:SPLIT:N:SEED, e.g. generated:train:200:0")
+        raise ConfigError(
+            f"pretrain.data: {p.data!r}: expected generated:SPLIT:N:SEED, e.g. generated:train:200:0"
+        )
 
 
 def pretrain_config_from_dict(data: dict[str, Any]) -> tuple[RunConfig, PretrainConfig]:
@@ -154,8 +156,9 @@ def load_pretrain_tasks(pcfg: PretrainConfig) -> tuple[list[Task], list[str]]:
         if pcfg.limit is not None:
             tasks = tasks[: pcfg.limit]
     else:
-        res = load_tasks(pcfg.data, solutions=pcfg.solutions, limit=pcfg.limit, max_side=pcfg.max_side,
-                         skip_invalid=True)
+        res = load_tasks(
+            pcfg.data, solutions=pcfg.solutions, limit=pcfg.limit, max_side=pcfg.max_side, skip_invalid=True
+        )
         tasks, errors = res.tasks, [str(e) for e in res.errors]
     if not tasks:
         raise ValueError(f"pretrain.data: no valid task in {pcfg.data!r}")
@@ -190,8 +193,10 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, device:
     }
 
 
-def epoch_samples(tasks: Sequence[Task], cfg: RunConfig, count_tokens: Callable[[str], int], epoch: int) -> list[Sample]:
-    """All samples of one epoch, shuffled; augmentations are drawn anew per epoch (seed = optim.seed, epoch)."""
+def epoch_samples(
+    tasks: Sequence[Task], cfg: RunConfig, count_tokens: Callable[[str], int], epoch: int
+) -> list[Sample]:
+    """All samples of one epoch, shuffled; augmentations are drawn anew per epoch (optim.seed, epoch)."""
     seed = cfg.ttft.optim.seed * 1_000_003 + epoch
     out: list[Sample] = []
     for task in tasks:
@@ -207,21 +212,37 @@ class SampleStream:
     `(epoch, offset)` means the same position on every rank (see the module docstring).
     """
 
-    def __init__(self, tasks: Sequence[Task], cfg: RunConfig, count_tokens: Callable[[str], int], *,
-                 rank: int = 0, world_size: int = 1, epoch: int = 0, offset: int = 0):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        cfg: RunConfig,
+        count_tokens: Callable[[str], int],
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch: int = 0,
+        offset: int = 0,
+    ):
         self.tasks, self.cfg, self.count_tokens = list(tasks), cfg, count_tokens
         self.rank, self.world_size = rank, world_size
         self.epoch, self.offset = epoch, offset
         self._shard: list[Sample] | None = None
+        self._all: tuple[int, list[Sample]] | None = None
+
+    def samples(self, epoch: int) -> list[Sample]:
+        """Every rank's samples of `epoch` (the latest epoch's list is kept)."""
+        if self._all is None or self._all[0] != epoch:
+            self._all = (epoch, epoch_samples(self.tasks, self.cfg, self.count_tokens, epoch))
+        return self._all[1]
 
     def shard(self, epoch: int) -> list[Sample]:
         """This rank's samples of `epoch`."""
-        samples = epoch_samples(self.tasks, self.cfg, self.count_tokens, epoch)
+        samples = self.samples(epoch)
         n = len(samples) // self.world_size * self.world_size
         if n == 0:
             raise ValueError(
-                f"pretrain: {len(samples)} training sample(s) for {self.world_size} workers; need at least one "
-                f"per worker (tasks with one train pair give none; samples.max_seq_len="
+                f"pretrain: {len(samples)} training sample(s) for {self.world_size} workers; need at least "
+                f"one per worker (tasks with one train pair give none; samples.max_seq_len="
                 f"{self.cfg.ttft.samples.max_seq_len} may be too small)"
             )
         return samples[self.rank : n : self.world_size]
@@ -242,7 +263,7 @@ class SampleStream:
 
 
 def total_steps(cfg: RunConfig, samples_per_epoch: int, world_size: int) -> int:
-    """Optimizer steps of the run: optim.steps, or ceil(epochs x samples / global batch) when epochs is set."""
+    """Optimizer steps: optim.steps, or ceil(epochs x samples / global batch) when optim.epochs is set."""
     o = cfg.ttft.optim
     if o.epochs is None:
         return o.steps
@@ -263,10 +284,18 @@ def build_model(cfg: RunConfig, pcfg: PretrainConfig, model_path: str, device: A
         from peft import get_peft_model
 
         lc: LoraConfig = cfg.ttft.lora
-        model = get_peft_model(model, PeftLoraConfig(
-            r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
-            use_rslora=lc.use_rslora, task_type="CAUSAL_LM", bias="none",
-        ))
+        model = get_peft_model(
+            model,
+            PeftLoraConfig(
+                r=lc.rank,
+                lora_alpha=lc.alpha,
+                lora_dropout=lc.dropout,
+                target_modules=list(lc.target_modules),
+                use_rslora=lc.use_rslora,
+                task_type="CAUSAL_LM",
+                bias="none",
+            ),
+        )
     else:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -277,10 +306,18 @@ def build_model(cfg: RunConfig, pcfg: PretrainConfig, model_path: str, device: A
 def fingerprint(cfg: RunConfig, pcfg: PretrainConfig) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed (steps and lr may change, e.g. to train longer)."""
     return {
-        "model": cfg.model.name, "revision": cfg.model.revision, "dtype": cfg.model.dtype, "mode": pcfg.mode,
-        "lora": asdict(cfg.ttft.lora) if pcfg.mode == "lora" else None, "data": pcfg.data,
-        "limit": pcfg.limit, "max_side": pcfg.max_side, "use_test_outputs": pcfg.use_test_outputs,
-        "samples": asdict(cfg.ttft.samples), "augment": asdict(cfg.ttft.augment), "seed": cfg.ttft.optim.seed,
+        "model": cfg.model.name,
+        "revision": cfg.model.revision,
+        "dtype": cfg.model.dtype,
+        "mode": pcfg.mode,
+        "lora": asdict(cfg.ttft.lora) if pcfg.mode == "lora" else None,
+        "data": pcfg.data,
+        "limit": pcfg.limit,
+        "max_side": pcfg.max_side,
+        "use_test_outputs": pcfg.use_test_outputs,
+        "samples": asdict(cfg.ttft.samples),
+        "augment": asdict(cfg.ttft.augment),
+        "seed": cfg.ttft.optim.seed,
     }
 
 
@@ -299,23 +336,46 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(directory: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    sched: Any, state: TrainState, fp: dict[str, Any]) -> Path:
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    state: TrainState,
+    fp: dict[str, Any],
+) -> Path:
     """Write the trainable weights, optimizer, scheduler and TrainState to `directory`/train_state.pt."""
     path = Path(directory) / STATE_FILE
-    torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": fp, "model": _trainable(model),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": asdict(state)}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "fingerprint": fp,
+            "model": _trainable(model),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "state": asdict(state),
+        },
+        path,
+    )
     return path
 
 
-def load_checkpoint(directory: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    sched: Any, fp: dict[str, Any], device: Any = "cpu") -> TrainState:
+def load_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    fp: dict[str, Any],
+    device: Any = "cpu",
+) -> TrainState:
     """Restore what `save_checkpoint` wrote; refuses a checkpoint of another model / data / recipe."""
     path = Path(directory) / STATE_FILE
     ckpt = torch.load(path, map_location=device, weights_only=False)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-    diff = sorted(k for k in fp.keys() | ckpt["fingerprint"].keys() if fp.get(k) != ckpt["fingerprint"].get(k))
+    diff = sorted(
+        k for k in fp.keys() | ckpt["fingerprint"].keys() if fp.get(k) != ckpt["fingerprint"].get(k)
+    )
     if diff:
         raise ValueError(
             f"{path}: checkpoint was written with another {', '.join(diff)}; use another run name or storage "
@@ -334,8 +394,13 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, opt: torch.op
     return TrainState(**ckpt["state"])
 
 
-def export_model(model: torch.nn.Module, tokenizer: Any, output: str, summary: dict[str, Any],
-                 s3_endpoint: str | None = None) -> str:
+def export_model(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    output: str,
+    summary: dict[str, Any],
+    s3_endpoint: str | None = None,
+) -> str:
     """Save the trained model as a plain HF dir (LoRA merged into the base) + tokenizer + pretrain.json.
 
     `output` is a local dir (replaced as a whole: written beside it, then renamed into place) or an s3://
@@ -384,8 +449,13 @@ def _mean_across_ranks(value: float, device: Any) -> float:
     return float(t) / dist.get_world_size()
 
 
-def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, batches: Sequence[dict],
-               max_grad_norm: float) -> float:
+def train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    batches: Sequence[dict],
+    max_grad_norm: float,
+) -> float:
     """One optimizer step over `batches` (gradient accumulation); returns this rank's mean loss.
 
     `model` may be DDP-wrapped: gradients are synchronised on the last micro-batch only.
@@ -398,7 +468,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, b
         with ctx:
             loss = model(**batch).loss / len(batches)
             loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     params = [p for p in model.parameters() if p.requires_grad]
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -415,17 +485,28 @@ def _fmt_seconds(s: float) -> str:
 Report = Callable[[dict[str, Any], Path | None], None]
 
 
-def train_worker(cfg: RunConfig, pcfg: PretrainConfig, tasks: Sequence[Task], model_path: str, output: str, *,
-                 rank: int = 0, world_size: int = 1, device: Any = "cpu", resume_dir: str | Path | None = None,
-                 wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
-                 report: Report = lambda metrics, ckpt: None) -> dict[str, Any]:
+def train_worker(
+    cfg: RunConfig,
+    pcfg: PretrainConfig,
+    tasks: Sequence[Task],
+    model_path: str,
+    output: str,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: Any = "cpu",
+    resume_dir: str | Path | None = None,
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    report: Report = lambda metrics, ckpt: None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """The training loop of one data-parallel worker; returns the last metrics.
 
     Resumes from `resume_dir` (a checkpoint of `save_checkpoint`) when given. Every `log_every` steps, every
     `checkpoint_every` steps and at the last step, every rank calls `report(metrics, checkpoint_dir)` at the
     same steps; `checkpoint_dir` is a directory holding the checkpoint on rank 0 at checkpoint steps (valid
-    only during the call) and None otherwise. Rank 0 prints progress and, at the end, exports the merged
-    model to `output` (also when the run was already complete: the export is idempotent).
+    only during the call) and None otherwise. Rank 0 logs progress through `log` and, at the end, exports
+    the merged model to `output` (also when the run was already complete: the export is idempotent).
     """
     o = cfg.ttft.optim
     model, tokenizer = build_model(cfg, pcfg, model_path, device)
@@ -435,7 +516,8 @@ def train_worker(cfg: RunConfig, pcfg: PretrainConfig, tasks: Sequence[Task], mo
         return len(tokenizer(text, add_special_tokens=False).input_ids)
 
     views = [training_view(t, pcfg.use_test_outputs) for t in tasks]
-    n_epoch = len(epoch_samples(views, cfg, count_tokens, 0))
+    stream = SampleStream(views, cfg, count_tokens, rank=rank, world_size=world_size)
+    n_epoch = len(stream.samples(0))
     steps = total_steps(cfg, n_epoch, world_size)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
@@ -448,11 +530,12 @@ def train_worker(cfg: RunConfig, pcfg: PretrainConfig, tasks: Sequence[Task], mo
     main = rank == 0
     if main:
         where = f"resuming at step {start_step}" if resume_dir is not None else "starting at step 0"
-        print(f"[pretrain] {len(tasks)} tasks, {n_epoch} samples/epoch, {steps} steps x {o.batch_size} x "
-              f"{o.grad_accum} x {world_size} workers, mode {pcfg.mode}: {where}", flush=True)
+        log(
+            f"[pretrain] {len(tasks)} tasks, {n_epoch} samples/epoch, {steps} steps x {o.batch_size} x "
+            f"{o.grad_accum} x {world_size} workers, mode {pcfg.mode}: {where}"
+        )
     wrapped = wrap_model(model)
-    stream = SampleStream(views, cfg, count_tokens, rank=rank, world_size=world_size, epoch=state.epoch,
-                          offset=state.offset)
+    stream.epoch, stream.offset = state.epoch, state.offset
     t0 = time.monotonic()
     window: list[float] = []
     metrics: dict[str, Any] = {"step": state.step, "total_steps": steps, "start_step": start_step}
@@ -474,13 +557,22 @@ def train_worker(cfg: RunConfig, pcfg: PretrainConfig, tasks: Sequence[Task], mo
         state.history.append([state.step, mean_loss])
         elapsed = time.monotonic() - t0
         rate = (state.step - start_step) / max(elapsed, 1e-9)
-        metrics = {"step": state.step, "total_steps": steps, "start_step": start_step, "loss": mean_loss,
-                   "lr": sched.get_last_lr()[0], "epoch": state.epoch, "tokens": state.tokens * world_size,
-                   "steps_per_s": rate, "elapsed_s": elapsed}
+        metrics = {
+            "step": state.step,
+            "total_steps": steps,
+            "start_step": start_step,
+            "loss": mean_loss,
+            "lr": sched.get_last_lr()[0],
+            "epoch": state.epoch,
+            "tokens": state.tokens * world_size,
+            "steps_per_s": rate,
+            "elapsed_s": elapsed,
+        }
         if main:
-            print(f"[pretrain] step {state.step}/{steps} loss {mean_loss:.4f} lr {metrics['lr']:.2e} "
-                  f"epoch {state.epoch} {rate:.2f} steps/s ETA {_fmt_seconds((steps - state.step) / rate)}",
-                  flush=True)
+            log(
+                f"[pretrain] step {state.step}/{steps} loss {mean_loss:.4f} lr {metrics['lr']:.2e} "
+                f"epoch {state.epoch} {rate:.2f} steps/s ETA {_fmt_seconds((steps - state.step) / rate)}"
+            )
         if is_ckpt and main:
             with tempfile.TemporaryDirectory(prefix="pretrain-ckpt-") as d:
                 save_checkpoint(d, model, opt, sched, state, fp)
@@ -488,10 +580,19 @@ def train_worker(cfg: RunConfig, pcfg: PretrainConfig, tasks: Sequence[Task], mo
         else:
             report(metrics, None)
     if main:
-        summary = {"base_model": cfg.model.name, "mode": pcfg.mode, "data": pcfg.data, "tasks": len(tasks),
-                   "samples_per_epoch": n_epoch, "steps": state.step, "start_step": start_step,
-                   "workers": world_size, "tokens": state.tokens * world_size, "history": state.history,
-                   "config": {"ttft": asdict(cfg.ttft), "pretrain": asdict(pcfg)}}
+        summary = {
+            "base_model": cfg.model.name,
+            "mode": pcfg.mode,
+            "data": pcfg.data,
+            "tasks": len(tasks),
+            "samples_per_epoch": n_epoch,
+            "steps": state.step,
+            "start_step": start_step,
+            "workers": world_size,
+            "tokens": state.tokens * world_size,
+            "history": state.history,
+            "config": {"ttft": asdict(cfg.ttft), "pretrain": asdict(pcfg)},
+        }
         export_model(model, tokenizer, output, summary, pcfg.s3_endpoint)
-        print(f"[pretrain] model written to {output}", file=sys.stderr, flush=True)
+        log(f"[pretrain] model written to {output}")
     return metrics
