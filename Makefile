@@ -37,6 +37,9 @@ eval-cluster: install
 bench: install
 	$(BIN)/python -m bench.run
 
+canary: install
+	$(BIN)/python -m jobs.canary
+
 lint: install
 	$(BIN)/ruff check ttft jobs bench tests
 	$(BIN)/ruff format --check ttft jobs bench tests

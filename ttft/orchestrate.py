@@ -47,6 +47,9 @@ class FinetuneWorker:
     """A Ray actor holding one base model; trains and registers one adapter per call."""
 
     def __init__(self, cfg: RunConfig, torch_threads: int | None):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor drowns the progress lines
         self.cfg = cfg
         self.finetuner = Finetuner(cfg.model, cfg.ttft, torch_threads=torch_threads)
         self.registry = open_registry(cfg.registry)

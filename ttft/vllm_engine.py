@@ -73,6 +73,7 @@ class VllmEngine:
 
         ``engine_kwargs`` go to ``vllm.LLM`` unchanged and win over the defaults chosen here.
         """
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # engine start-up chatter off unless asked for
         from vllm import LLM
 
         self.model_dir = str(model_dir)

@@ -1,0 +1,99 @@
+"""The main job end to end (real Ray, real vLLM CPU) on a few tiny tasks; compare; a Ray Tune sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ttft.scoring import read_submission, score_submission, solutions_of, validate_submission
+from ttft.tasks import load_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    """Two finished runs on the same 3 smoke tasks: the seed's baseline and n-1 + geometric + color."""
+    out = tmp_path_factory.mktemp("runs")
+    common = ["--limit", "3", "--model", str(tiny_model_dir), "--registry", str(out / "registry"),
+              "--set", f"out_dir={out}", "--set", "ttft.optim.steps=6", "--set", "inference.d8=[identity,rot90]",
+              "--num-cpus", "2"]
+    procs = {
+        "baseline": run(["-m", "jobs.eval", "--config", "jobs/configs/baseline.yaml", *common]),
+        "n-1_geometric_color": run(["-m", "jobs.eval", "--config", "jobs/configs/n-1_geometric_color.yaml", *common]),
+    }
+    return out, procs
+
+
+def test_eval_writes_every_artifact_and_scores_consistently(runs):
+    out, procs = runs
+    run_dir = out / "n-1_geometric_color"
+    tasks = load_tasks("arc1/evaluation", max_side=6, limit=3).tasks
+    for name in ("config.yaml", "submission.json", "predictions.parquet", "results.parquet", "report.md",
+                 "summary.json", "losses.png"):
+        assert (run_dir / name).is_file(), name
+    sub = read_submission(run_dir / "submission.json")
+    assert validate_submission(sub, tasks) == []
+    rescored = score_submission(sub, solutions_of(tasks))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["accuracy"] == pytest.approx(rescored.mean_score)
+    assert f"accuracy (pass@2): {100 * rescored.mean_score:.1f}%" in procs["n-1_geometric_color"].stdout
+    results = pq.read_table(run_dir / "results.parquet").to_pylist()
+    assert {r["task_id"] for r in results} == {t.id for t in tasks}
+    by_key = {(r["task_id"], r["test_index"]): r["solved"] for r in rescored.table.to_pylist()}
+    assert {(r["task_id"], r["test_index"]): r["solved"] for r in results} == by_key
+    assert all(r["finetune"] == "trained" for r in results)
+    preds = pq.read_table(run_dir / "predictions.parquet")
+    assert preds.num_rows == sum(len(t.test_inputs) for t in tasks) * 2  # x 2 augmentations
+    report = (run_dir / "report.md").read_text()
+    for t in tasks:
+        assert t.id in report
+    assert "val loss before TTFT" in report and "adapters trained | 3" in report
+    assert summary["val_loss_after"] < summary["val_loss_before"]
+
+
+def test_baseline_runs_without_adapters(runs):
+    out, _ = runs
+    results = pq.read_table(out / "baseline" / "results.parquet").to_pylist()
+    assert results and all(r["finetune"] == "none" and r["fallback"] for r in results)
+
+
+def test_rerun_reuses_adapters(runs, tiny_model_dir):
+    out, _ = runs
+    proc = run(["-m", "jobs.finetune", "--config", "jobs/configs/n-1_geometric_color.yaml", "--limit", "3",
+                "--model", str(tiny_model_dir), "--registry", str(out / "registry"), "--set", f"out_dir={out}",
+                "--set", "ttft.optim.steps=6", "--num-cpus", "2"])
+    assert "3 reused" in proc.stdout
+
+
+def test_compare_prints_the_seed_table(runs):
+    out, _ = runs
+    proc = run(["-m", "ttft.cli", "compare", str(out / "baseline"), str(out / "n-1_geometric_color")])
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("| experiment | val loss | val accuracy |")
+    assert any(line.startswith("| baseline |") for line in lines)
+    assert any(line.startswith("| n-1_geometric_color |") for line in lines)
+    assert (out / "compare.png").stat().st_size > 1000
+
+
+def test_tune_sweep_of_two_trials(tiny_model_dir, tmp_path):
+    proc = run(["-m", "jobs.sweep", "--config", "jobs/configs/smoke.yaml", "--limit", "2", "--model",
+                str(tiny_model_dir), "--set", f"out_dir={tmp_path}", "--trials", "2", "--num-cpus", "2",
+                "--space", json.dumps({"ttft.optim.lr": ["loguniform", 1e-4, 1e-2], "ttft.optim.steps": ["choice", [2, 3]]})])
+    assert "Best config" in proc.stdout
+    table = (tmp_path / "smoke-sweep" / "sweep.md").read_text()
+    assert table.count("\n| ") >= 3  # header + 2 trials
+    best = json.loads((tmp_path / "smoke-sweep" / "best.json").read_text())
+    assert best["metrics"]["val_loss"] > 0
