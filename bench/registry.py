@@ -202,10 +202,10 @@ def bench_backend(backend: dict[str, Any], rows: int, puts: int, writers: int, w
         f"{rows - 2 * puts} of the {rows} rows bulk-created (rows in one compacted "
         "Parquet file, adapter objects written directly), not through put()"
     )
-    # probe: 300 present keys spread over every kind of row, 100 absent
+    # probe: N_PROBE keys, 300 present (spread over every kind of row), the rest absent
     rng = random.Random(0)
-    present = rng.sample(range(rows), N_PROBE - 100)
-    probe = [key_of(i) for i in present] + [key_of(f"absent-{i}") for i in range(100)]
+    present = rng.sample(range(rows), min(N_PROBE - 100, rows))
+    probe = [key_of(i) for i in present] + [key_of(f"absent-{i}") for i in range(N_PROBE - len(present))]
     expected = {key_of(i) for i in present}
     # 4) reads before compaction: the real puts' row files are still one file each
     fresh = open_registry(backend, cache, auto_compact=None)
@@ -223,12 +223,13 @@ def bench_backend(backend: dict[str, Any], rows: int, puts: int, writers: int, w
     out["exists_warm_s"] = round(statistics.median(warm), 4)
     out["rows_seen"] = len(fresh)
     q = open_registry(backend, cache)
-    qcold, table = _timed(q.query, task_id="t00777", status="ok")
+    task = row_of(present[0], "")["task_ids"][0]
+    qcold, table = _timed(q.query, task_id=task, status="ok")
     assert table.num_rows == 1
     qwarm = statistics.median(_timed(q.query, run="bulk", status="ok")[0] for _ in range(5))
     out["query_cold_s"] = round(qcold, 4)
     out["query_warm_s"] = round(qwarm, 4)
-    out["query"] = "query(task_id='t00777', status='ok') cold; query(run='bulk', status='ok') warm"
+    out["query"] = f"query(task_id={task!r}, status='ok') cold; query(run='bulk', status='ok') warm"
     # 6) the alternative: listing the object store
     out["listing"] = list_store(backend, cache, probe)
     out["exists_vs_listing"] = round(out["listing"]["list_keys_s"] / out["exists_cold_s"], 2)

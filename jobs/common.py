@@ -12,8 +12,9 @@ from ttft.tasks import Task, TaskError, load_tasks
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_config_args(p)
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started when no cluster is given")
@@ -32,8 +33,9 @@ def tasks_of(cfg: RunConfig) -> tuple[list[Task], list[str]]:
     """The run's tasks; invalid ones are skipped and returned as one-line reasons."""
     d = cfg.data
     try:
-        res = load_tasks(d.source, solutions=d.solutions, ids=d.ids, limit=d.limit, max_side=d.max_side,
-                         skip_invalid=True)
+        res = load_tasks(
+            d.source, solutions=d.solutions, ids=d.ids, limit=d.limit, max_side=d.max_side, skip_invalid=True
+        )
     except (TaskError, FileNotFoundError, ValueError) as e:
         sys.exit(f"data error: {e}")
     errors = [str(e) for e in res.errors]

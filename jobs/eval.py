@@ -20,8 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     tasks, invalid = tasks_of(cfg)
     out = run_dir(cfg)
-    print(f"[ttft] run {cfg.name}: {len(tasks)} tasks from {cfg.data.source}, model {cfg.model.name}, "
-          f"TTFT {'on' if cfg.ttft.enabled else 'off (baseline)'}", file=sys.stderr)
+    print(
+        f"[ttft] run {cfg.name}: {len(tasks)} tasks from {cfg.data.source}, model {cfg.model.name}, "
+        f"TTFT {'on' if cfg.ttft.enabled else 'off (baseline)'}",
+        file=sys.stderr,
+    )
     start_ray(cfg, args)
     from ttft.orchestrate import open_registry, run_finetunes, run_inference, task_adapters
 

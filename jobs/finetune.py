@@ -24,12 +24,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_finetunes(cfg, tasks)
     except KeyboardInterrupt:
-        print("\n[ttft] interrupted: finished adapters are in the registry; run again to resume", file=sys.stderr)
+        print(
+            "\n[ttft] interrupted: finished adapters are in the registry; run again to resume",
+            file=sys.stderr,
+        )
         return 130
     print(summary.text())
-    (out / "finetune.json").write_text(json.dumps(
-        {"counts": summary.counts, "seconds": summary.seconds, "workers": summary.workers,
-         "outcomes": [{k: v for k, v in vars(o).items() if k != "row"} for o in summary.outcomes]}, indent=2))
+    (out / "finetune.json").write_text(
+        json.dumps(
+            {
+                "counts": summary.counts,
+                "seconds": summary.seconds,
+                "workers": summary.workers,
+                "outcomes": [{k: v for k, v in vars(o).items() if k != "row"} for o in summary.outcomes],
+            },
+            indent=2,
+        )
+    )
     return 3 if summary.by_status("failed") or summary.by_status("skipped") else 0
 
 

@@ -15,7 +15,9 @@ from ttft.scoring import score_submission, solutions_of
 def main(argv: list[str] | None = None) -> int:
     p = parser("python -m jobs.infer", __doc__.splitlines()[0])
     p.add_argument("--out", help="output directory (default: <out_dir>/<name>)")
-    p.add_argument("--baseline", action="store_true", help="base model only, no adapters (ttft.enabled=false)")
+    p.add_argument(
+        "--baseline", action="store_true", help="base model only, no adapters (ttft.enabled=false)"
+    )
     args = p.parse_args(argv)
     if args.baseline:
         args.set.append("ttft.enabled=false")
@@ -34,15 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     adapters = task_adapters(cfg, tasks, open_registry(cfg.registry))
     missing = sorted(t for t, a in adapters.items() if a is None)
     if cfg.ttft.enabled and missing:
-        print(f"[ttft] {len(missing)} tasks have no adapter and use the base model: {', '.join(missing)}",
-              file=sys.stderr)
+        print(
+            f"[ttft] {len(missing)} tasks have no adapter and use the base model: {', '.join(missing)}",
+            file=sys.stderr,
+        )
     clock.lap("setup")
     preds = run_inference(cfg, tasks, adapters)
     write_predictions(preds, out)
     clock.lap("inference")
     solutions = solutions_of(tasks)
     score = score_submission(preds.submission(), solutions) if solutions else None
-    result = write_run(RunRecord(cfg.name, tasks, clock.stages, None, preds, score, invalid, cfg.ttft.enabled), out)
+    result = write_run(
+        RunRecord(cfg.name, tasks, clock.stages, None, preds, score, invalid, cfg.ttft.enabled), out
+    )
     print(f"submission: {out / 'submission.json'}")
     if result["accuracy"] is not None:
         print(f"accuracy (pass@2): {100 * result['accuracy']:.1f}% ({result['solved']:g}/{len(tasks)} tasks)")

@@ -2,9 +2,9 @@
 
 Each trial is a real TTFT run: the trial loads the base model once, trains one adapter per task with the
 trial's hyperparameters and reports the mean val loss after TTFT (the seed's metric: loss on the test-output
-tokens) and, with `--metric accuracy`, the share of test outputs that greedy decoding of the adapted model gets
-exactly right (identity augmentation: a fast proxy of the full vLLM voting pass). Prints the best config and a
-markdown table of all trials, also written to <out_dir>/<name>-sweep/sweep.md.
+tokens) and, with `--metric accuracy`, the share of test outputs that greedy decoding of the adapted model
+gets exactly right (identity augmentation: a fast proxy of the full vLLM voting pass). Prints the best
+config and a markdown table of all trials, also written to <out_dir>/<name>-sweep/sweep.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
 from jobs.common import parser, setup, start_ray, tasks_of
@@ -49,12 +48,19 @@ def greedy_exact(ft: Any, model: Any, tasks: list, encoder: str) -> tuple[int, i
     right = total = 0
     for task in tasks:
         for s, expected in zip(val_samples(task, ft.cfg.samples, ft.count_tokens), task.test_outputs or []):
-            ids = ft.tokenizer(s.prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(ft.device)
+            ids = ft.tokenizer(s.prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(
+                ft.device
+            )
             budget = ft.count_tokens(build_target(expected, encoder)) + 2
             with torch.no_grad():
-                out = model.generate(ids, max_new_tokens=budget, do_sample=False, eos_token_id=ft.eos_id,
-                                     pad_token_id=ft.pad_id)
-            text = ft.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+                out = model.generate(
+                    ids,
+                    max_new_tokens=budget,
+                    do_sample=False,
+                    eos_token_id=ft.eos_id,
+                    pad_token_id=ft.pad_id,
+                )
+            text = ft.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
             grid = parse_output(text, encoder)
             right += int(not isinstance(grid, ParseError) and grid == expected)
             total += 1
@@ -84,8 +90,11 @@ def trial(params: dict[str, Any], base: dict[str, Any], tasks: list, want_accura
                 ok, n = greedy_exact(ft, adapted, job.tasks, cfg.ttft.samples.encoder)
                 ft.model = adapted.unload()
                 right, total = right + ok, total + n
-    return {"val_loss": sum(after) / max(1, len(after)), "val_loss_before": sum(before) / max(1, len(before)),
-            "accuracy": right / total if total else 0.0}
+    return {
+        "val_loss": sum(after) / max(1, len(after)),
+        "val_loss_before": sum(before) / max(1, len(before)),
+        "accuracy": right / total if total else 0.0,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,32 +125,51 @@ def main(argv: list[str] | None = None) -> int:
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space=space,
-        tune_config=tune.TuneConfig(metric=args.metric, mode=mode, num_samples=args.trials,
-                                    max_concurrent_trials=args.concurrent),
-        run_config=tune.RunConfig(name=f"{cfg.name}-sweep", storage_path=str(out.resolve() / "tune"), verbose=1),
+        tune_config=tune.TuneConfig(
+            metric=args.metric, mode=mode, num_samples=args.trials, max_concurrent_trials=args.concurrent
+        ),
+        run_config=tune.RunConfig(
+            name=f"{cfg.name}-sweep", storage_path=str(out.resolve() / "tune"), verbose=1
+        ),
     )
     results = tuner.fit()
     rows = []
     for r in results:
         if r.error:
-            rows.append({**r.config, "val_loss": None, "accuracy": None, "error": str(r.error).splitlines()[0]})
+            rows.append(
+                {**r.config, "val_loss": None, "accuracy": None, "error": str(r.error).splitlines()[0]}
+            )
         else:
-            rows.append({**r.config, **{k: r.metrics.get(k) for k in ("val_loss", "val_loss_before", "accuracy")}})
+            rows.append(
+                {**r.config, **{k: r.metrics.get(k) for k in ("val_loss", "val_loss_before", "accuracy")}}
+            )
     best = results.get_best_result()
     keys = list(space)
     cols = [*keys, "val_loss_before", "val_loss", "accuracy"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    ordered = sorted(rows, key=lambda r: (r.get(args.metric) is None,
-                                          (r.get(args.metric) or 0) * (1 if mode == "min" else -1)))
+    ordered = sorted(
+        rows,
+        key=lambda r: (r.get(args.metric) is None, (r.get(args.metric) or 0) * (1 if mode == "min" else -1)),
+    )
     for r in ordered:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     table = "\n".join(lines)
-    text = (f"# Sweep {cfg.name}: {len(rows)} trials on {len(tasks)} tasks, metric {args.metric} ({mode})\n\n"
-            f"Best config: `{json.dumps(best.config)}` -> {args.metric} = {_fmt(best.metrics.get(args.metric))}\n\n"
-            f"{table}\n")
+    text = (
+        f"# Sweep {cfg.name}: {len(rows)} trials on {len(tasks)} tasks, metric {args.metric} ({mode})\n\n"
+        f"Best config: `{json.dumps(best.config)}` -> {args.metric} = "
+        f"{_fmt(best.metrics.get(args.metric))}\n\n"
+        f"{table}\n"
+    )
     (out / "sweep.md").write_text(text)
-    (out / "best.json").write_text(json.dumps({"config": best.config, "metrics": {
-        k: best.metrics.get(k) for k in ("val_loss", "val_loss_before", "accuracy")}}, indent=2))
+    (out / "best.json").write_text(
+        json.dumps(
+            {
+                "config": best.config,
+                "metrics": {k: best.metrics.get(k) for k in ("val_loss", "val_loss_before", "accuracy")},
+            },
+            indent=2,
+        )
+    )
     print(text)
     return 0
 

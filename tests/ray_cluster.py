@@ -25,8 +25,18 @@ def free_port() -> int:
 
 def _job_api_up(dashboard: str, env: dict[str, str]) -> bool:
     """True once the head accepts a job (its dashboard agent is up, not only the HTTP API)."""
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--no-wait", "--address", dashboard,
-           "--", "true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "job",
+        "submit",
+        "--no-wait",
+        "--address",
+        dashboard,
+        "--",
+        "true",
+    ]
     try:
         return subprocess.run(cmd, capture_output=True, env=env, timeout=120).returncode == 0
     except subprocess.TimeoutExpired:
@@ -42,11 +52,27 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-         "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--ray-client-server-port={client}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     info = {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
     prev = os.environ.pop("RAY_ADDRESS", None)

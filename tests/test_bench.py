@@ -58,7 +58,7 @@ def test_registry_bench_small_local(tmp_path):
     assert local["puts_alone"]["puts"] == 20 and local["puts_concurrent"]["puts"] == 20
     assert local["puts_concurrent"]["writers"] == 2
     assert local["bulk"]["rows"] == 160
-    assert local["listing"]["found_shallow"] == local["listing"]["found_deep"] == registry.N_PROBE - 100
+    assert local["listing"]["found_shallow"] == local["listing"]["found_deep"] == 200
     assert result["registry_exists_400_s"] == local["exists_cold_s"]
 
 

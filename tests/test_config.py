@@ -22,7 +22,9 @@ def test_shipped_configs_load(path: Path) -> None:
 
 
 def test_seed_ablations_differ_where_the_seed_says() -> None:
-    n1, geo, color = (load_config(f"jobs/configs/{n}.yaml") for n in ("n-1", "n-1_geometric", "n-1_geometric_color"))
+    n1, geo, color = (
+        load_config(f"jobs/configs/{n}.yaml") for n in ("n-1", "n-1_geometric", "n-1_geometric_color")
+    )
     assert n1.ttft.augment.d8 == ["identity"] and not n1.ttft.augment.color
     assert len(geo.ttft.augment.d8) == 8 and not geo.ttft.augment.color
     assert len(color.ttft.augment.d8) == 8 and color.ttft.augment.color
@@ -70,14 +72,18 @@ def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
 
 
 def test_overrides_any_value_and_validate() -> None:
-    cfg = load_config("jobs/configs/smoke.yaml", dict([parse_override("ttft.optim.lr=3e-4"),
-                                                       parse_override("ttft.augment.d8=[identity]")]))
+    cfg = load_config(
+        "jobs/configs/smoke.yaml",
+        dict([parse_override("ttft.optim.lr=3e-4"), parse_override("ttft.augment.d8=[identity]")]),
+    )
     assert cfg.ttft.optim.lr == pytest.approx(3e-4)
     assert cfg.ttft.augment.d8 == ["identity"]
     with pytest.raises(ConfigError, match="ttft.optim.nope: unknown key"):
         load_config(None, dict([parse_override("ttft.optim.nope=1")]))
 
 
-@pytest.mark.parametrize("text, seconds", [("11h30m", 41400), ("45m", 2700), ("90s", 90), ("2.5h", 9000), (30, 30)])
+@pytest.mark.parametrize(
+    "text, seconds", [("11h30m", 41400), ("45m", 2700), ("90s", 90), ("2.5h", 9000), (30, 30)]
+)
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds

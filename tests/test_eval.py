@@ -27,12 +27,27 @@ def run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
 def runs(tiny_model_dir, tmp_path_factory):
     """Two finished runs on the same 3 smoke tasks: the seed's baseline and n-1 + geometric + color."""
     out = tmp_path_factory.mktemp("runs")
-    common = ["--limit", "3", "--model", str(tiny_model_dir), "--registry", str(out / "registry"),
-              "--set", f"out_dir={out}", "--set", "ttft.optim.steps=6", "--set", "inference.d8=[identity,rot90]",
-              "--num-cpus", "2"]
+    common = [
+        "--limit",
+        "3",
+        "--model",
+        str(tiny_model_dir),
+        "--registry",
+        str(out / "registry"),
+        "--set",
+        f"out_dir={out}",
+        "--set",
+        "ttft.optim.steps=6",
+        "--set",
+        "inference.d8=[identity,rot90]",
+        "--num-cpus",
+        "2",
+    ]
     procs = {
         "baseline": run(["-m", "jobs.eval", "--config", "jobs/configs/baseline.yaml", *common]),
-        "n-1_geometric_color": run(["-m", "jobs.eval", "--config", "jobs/configs/n-1_geometric_color.yaml", *common]),
+        "n-1_geometric_color": run(
+            ["-m", "jobs.eval", "--config", "jobs/configs/n-1_geometric_color.yaml", *common]
+        ),
     }
     return out, procs
 
@@ -41,8 +56,15 @@ def test_eval_writes_every_artifact_and_scores_consistently(runs):
     out, procs = runs
     run_dir = out / "n-1_geometric_color"
     tasks = load_tasks("arc1/evaluation", max_side=6, limit=3).tasks
-    for name in ("config.yaml", "submission.json", "predictions.parquet", "results.parquet", "report.md",
-                 "summary.json", "losses.png"):
+    for name in (
+        "config.yaml",
+        "submission.json",
+        "predictions.parquet",
+        "results.parquet",
+        "report.md",
+        "summary.json",
+        "losses.png",
+    ):
         assert (run_dir / name).is_file(), name
     sub = read_submission(run_dir / "submission.json")
     assert validate_submission(sub, tasks) == []
@@ -72,9 +94,26 @@ def test_baseline_runs_without_adapters(runs):
 
 def test_rerun_reuses_adapters(runs, tiny_model_dir):
     out, _ = runs
-    proc = run(["-m", "jobs.finetune", "--config", "jobs/configs/n-1_geometric_color.yaml", "--limit", "3",
-                "--model", str(tiny_model_dir), "--registry", str(out / "registry"), "--set", f"out_dir={out}",
-                "--set", "ttft.optim.steps=6", "--num-cpus", "2"])
+    proc = run(
+        [
+            "-m",
+            "jobs.finetune",
+            "--config",
+            "jobs/configs/n-1_geometric_color.yaml",
+            "--limit",
+            "3",
+            "--model",
+            str(tiny_model_dir),
+            "--registry",
+            str(out / "registry"),
+            "--set",
+            f"out_dir={out}",
+            "--set",
+            "ttft.optim.steps=6",
+            "--num-cpus",
+            "2",
+        ]
+    )
     assert "3 reused" in proc.stdout
 
 
@@ -89,9 +128,26 @@ def test_compare_prints_the_seed_table(runs):
 
 
 def test_tune_sweep_of_two_trials(tiny_model_dir, tmp_path):
-    proc = run(["-m", "jobs.sweep", "--config", "jobs/configs/smoke.yaml", "--limit", "2", "--model",
-                str(tiny_model_dir), "--set", f"out_dir={tmp_path}", "--trials", "2", "--num-cpus", "2",
-                "--space", json.dumps({"ttft.optim.lr": ["loguniform", 1e-4, 1e-2], "ttft.optim.steps": ["choice", [2, 3]]})])
+    proc = run(
+        [
+            "-m",
+            "jobs.sweep",
+            "--config",
+            "jobs/configs/smoke.yaml",
+            "--limit",
+            "2",
+            "--model",
+            str(tiny_model_dir),
+            "--set",
+            f"out_dir={tmp_path}",
+            "--trials",
+            "2",
+            "--num-cpus",
+            "2",
+            "--space",
+            json.dumps({"ttft.optim.lr": ["loguniform", 1e-4, 1e-2], "ttft.optim.steps": ["choice", [2, 3]]}),
+        ]
+    )
     assert "Best config" in proc.stdout
     table = (tmp_path / "smoke-sweep" / "sweep.md").read_text()
     assert table.count("\n| ") >= 3  # header + 2 trials

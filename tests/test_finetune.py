@@ -91,10 +91,14 @@ def test_job_key_changes_with_every_training_input(tiny_model_dir):
     other = smoke(tiny_model_dir, **{"ttft.optim.lr": 1e-4})
     seeded = smoke(tiny_model_dir, **{"ttft.optim.seed": 1})
     quant = smoke(tiny_model_dir, **{"model.load_in_4bit": True})
-    keys = {base, job_key(ident, other.model, other.ttft, [SMALL[0]]),
-            job_key(ident, seeded.model, seeded.ttft, [SMALL[0]]),
-            job_key(ident, quant.model, quant.ttft, [SMALL[0]]),
-            job_key(ident, cfg.model, cfg.ttft, [SMALL[1]]), job_key("other-model", cfg.model, cfg.ttft, [SMALL[0]])}
+    keys = {
+        base,
+        job_key(ident, other.model, other.ttft, [SMALL[0]]),
+        job_key(ident, seeded.model, seeded.ttft, [SMALL[0]]),
+        job_key(ident, quant.model, quant.ttft, [SMALL[0]]),
+        job_key(ident, cfg.model, cfg.ttft, [SMALL[1]]),
+        job_key("other-model", cfg.model, cfg.ttft, [SMALL[0]]),
+    }
     assert len(keys) == 6
 
 
@@ -107,14 +111,34 @@ def test_task_that_fits_no_sample_fails_with_its_id(tiny_model_dir):
 
 def test_cli_finetune_registers_then_reuses(tiny_model_dir, tmp_path):
     reg = tmp_path / "registry"
-    cmd = [sys.executable, "-m", "ttft.cli", "finetune", "--config", "jobs/configs/smoke.yaml", "--data",
-           "arc1/evaluation", "--task", SMALL[2].id, "--registry", str(reg), "--model", str(tiny_model_dir),
-           "--set", "ttft.optim.steps=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ttft.cli",
+        "finetune",
+        "--config",
+        "jobs/configs/smoke.yaml",
+        "--data",
+        "arc1/evaluation",
+        "--task",
+        SMALL[2].id,
+        "--registry",
+        str(reg),
+        "--model",
+        str(tiny_model_dir),
+        "--set",
+        "ttft.optim.steps=4",
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "registered" in first.stdout and '"val_loss_after"' in first.stdout
-    ls = subprocess.run([sys.executable, "-m", "ttft.cli", "registry", "ls", str(reg)], capture_output=True,
-                        text=True, cwd=ROOT, timeout=120)
+    ls = subprocess.run(
+        [sys.executable, "-m", "ttft.cli", "registry", "ls", str(reg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert SMALL[2].id in ls.stdout and "1 adapters" in ls.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "nothing to train" in again.stdout

@@ -11,7 +11,15 @@ from ttft.augment import Augmentation
 from ttft.config import load_config
 from ttft.finetune import FinetuneJob, Finetuner
 from ttft.formats import build_target
-from ttft.inference import Adapter, Prompt, augmentations_for, build_prompts, collect, max_output_side, predict
+from ttft.inference import (
+    Adapter,
+    Prompt,
+    augmentations_for,
+    build_prompts,
+    collect,
+    max_output_side,
+    predict,
+)
 from ttft.scoring import score_submission, solutions_of, validate_submission
 from ttft.tasks import Pair, Task
 from ttft.vllm_engine import GenResult
@@ -43,10 +51,21 @@ def tokens(tok):
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     """Two adapters, each fitted to its own trivial task under D8 augmentation."""
-    cfg = load_config(ROOT / "jobs/configs/smoke.yaml", {
-        "model.name": str(tiny_model_dir), "ttft.optim.steps": 200, "ttft.samples.mode": "all", "ttft.optim.lr": 5e-3,
-        "ttft.optim.batch_size": 4, "ttft.lora.rank": 16, "ttft.lora.alpha": 32, "ttft.augment.color": False,
-        "ttft.samples.max_per_task": 64, "inference.color_perms": 0})
+    cfg = load_config(
+        ROOT / "jobs/configs/smoke.yaml",
+        {
+            "model.name": str(tiny_model_dir),
+            "ttft.optim.steps": 200,
+            "ttft.samples.mode": "all",
+            "ttft.optim.lr": 5e-3,
+            "ttft.optim.batch_size": 4,
+            "ttft.lora.rank": 16,
+            "ttft.lora.alpha": 32,
+            "ttft.augment.color": False,
+            "ttft.samples.max_per_task": 64,
+            "inference.color_perms": 0,
+        },
+    )
     ft = Finetuner(cfg.model, cfg.ttft, torch_threads=2)
     out = tmp_path_factory.mktemp("adapters")
     tasks = [constant_task("const-a", G_A, 1), constant_task("const-b", G_B, 2)]
@@ -81,8 +100,14 @@ def test_each_adapter_predicts_its_task_under_every_augmentation(vllm_engine, tr
 @pytest.mark.vllm
 def test_missing_adapter_falls_back_to_base_model_and_is_flagged(vllm_engine, trained):
     cfg, ft, tasks, adapters = trained
-    preds = predict(vllm_engine, tasks, {tasks[0].id: adapters[tasks[0].id]}, cfg.inference, "minimal",
-                    tokens(ft.tokenizer))
+    preds = predict(
+        vllm_engine,
+        tasks,
+        {tasks[0].id: adapters[tasks[0].id]},
+        cfg.inference,
+        "minimal",
+        tokens(ft.tokenizer),
+    )
     assert preds.fallback == {tasks[1].id}
     rows = [r for r in preds.candidates.to_pylist() if r["task_id"] == tasks[1].id]
     assert rows and all(r["fallback"] and r["adapter_key"] is None for r in rows)
@@ -91,8 +116,15 @@ def test_missing_adapter_falls_back_to_base_model_and_is_flagged(vllm_engine, tr
 
 def test_garbage_outputs_become_invalid_candidates():
     task = constant_task("garbage", G_A, 3)
-    texts = [("12\n34\n", "stop"), ("1x\n34\n", "stop"), ("12\n3\n", "stop"), ("", "stop"),
-             ("\n".join(["0" * 40] * 40) + "\n", "stop"), ("12\n34", "length"), ("<out>\n<in>", "stop")]
+    texts = [
+        ("12\n34\n", "stop"),
+        ("1x\n34\n", "stop"),
+        ("12\n3\n", "stop"),
+        ("", "stop"),
+        ("\n".join(["0" * 40] * 40) + "\n", "stop"),
+        ("12\n34", "length"),
+        ("<out>\n<in>", "stop"),
+    ]
     prompts = [Prompt(task.id, 0, "identity", "p", 10, None) for _ in texts]
     results = [[GenResult(text, -1.0, 4, reason)] for text, reason in texts]
     preds = collect([task], prompts, results, "minimal")
@@ -111,6 +143,10 @@ def test_prompts_cover_tasks_x_augmentations_and_bound_max_tokens(tiny_model_dir
     assert {p.aug_key for p in prompts} == {a.key for a in augmentations_for(tasks[0], cfg.inference)}
     side = max_output_side(tasks[0])
     assert 4 <= side <= 30
-    assert all(p.max_tokens == count(build_target([[0] * side] * side)) + 2 for p in prompts if p.task_id == tasks[0].id)
+    assert all(
+        p.max_tokens == count(build_target([[0] * side] * side)) + 2
+        for p in prompts
+        if p.task_id == tasks[0].id
+    )
     big = Task("big", tasks[0].train, ([[0] * 30] * 30,))
     assert max_output_side(big) == 30

@@ -6,7 +6,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,9 +23,17 @@ SMALL = load_tasks("arc1/evaluation", max_side=6).tasks
 
 
 def cfg_for(tmp_path: Path, tiny_model_dir: Path, name: str, **over):
-    overrides = {"name": name, "out_dir": str(tmp_path / "runs"), "registry.root": str(tmp_path / "registry"),
-                 "model.name": str(tiny_model_dir), "ttft.optim.steps": 3, "ttft.samples.max_per_task": 8,
-                 "orchestrate.workers": 2, "orchestrate.progress_interval_s": 1.0, "orchestrate.retries": 1}
+    overrides = {
+        "name": name,
+        "out_dir": str(tmp_path / "runs"),
+        "registry.root": str(tmp_path / "registry"),
+        "model.name": str(tiny_model_dir),
+        "ttft.optim.steps": 3,
+        "ttft.samples.max_per_task": 8,
+        "orchestrate.workers": 2,
+        "orchestrate.progress_interval_s": 1.0,
+        "orchestrate.retries": 1,
+    }
     overrides.update(over)
     return load_config(ROOT / "jobs/configs/smoke.yaml", overrides)
 
@@ -41,11 +48,37 @@ def ray_client(ray_head):
 @pytest.mark.slow
 def test_ray_job_submit_trains_four_adapters(ray_head, tiny_model_dir, tmp_path):
     registry = tmp_path / "registry"
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", ray_head["dashboard"],
-           "--working-dir", str(ROOT), "--runtime-env", str(ROOT / "cluster/runtime_env.yaml"), "--",
-           sys.executable, "-m", "jobs.finetune", "--config", "jobs/configs/smoke.yaml", "--limit", "4",
-           "--model", str(tiny_model_dir), "--registry", str(registry), "--workers", "2",
-           "--set", "ttft.optim.steps=3", "--set", f"out_dir={tmp_path / 'runs'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "job",
+        "submit",
+        "--address",
+        ray_head["dashboard"],
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env",
+        str(ROOT / "cluster/runtime_env.yaml"),
+        "--",
+        sys.executable,
+        "-m",
+        "jobs.finetune",
+        "--config",
+        "jobs/configs/smoke.yaml",
+        "--limit",
+        "4",
+        "--model",
+        str(tiny_model_dir),
+        "--registry",
+        str(registry),
+        "--workers",
+        "2",
+        "--set",
+        "ttft.optim.steps=3",
+        "--set",
+        f"out_dir={tmp_path / 'runs'}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
@@ -79,8 +112,9 @@ def test_actor_killed_mid_run_requeues_its_job(ray_client, tiny_model_dir, tmp_p
 
 def test_failing_task_is_recorded_and_the_rest_succeed(ray_client, tiny_model_dir, tmp_path):
     # Every grid of this task is at least 15x15: no n-1 sample fits 600 tokens, a real fine-tune failure.
-    big = next(t for t in load_tasks("arc1/evaluation").tasks
-               if min(min(len(g), len(g[0])) for g in t.grids()) >= 15)
+    big = next(
+        t for t in load_tasks("arc1/evaluation").tasks if min(min(len(g), len(g[0])) for g in t.grids()) >= 15
+    )
     cfg = cfg_for(tmp_path, tiny_model_dir, "fail", **{"ttft.samples.max_seq_len": 600})
     tasks = [*SMALL[:2], big]
     summary = run_finetunes(cfg, tasks, out=io.StringIO())
@@ -114,9 +148,17 @@ def test_group_size_trains_one_adapter_per_group(ray_client, tiny_model_dir, tmp
 
 def test_short_budget_finishes_in_time_and_names_reduced_tasks(ray_client, tiny_model_dir, tmp_path):
     budget = 40.0
-    cfg = cfg_for(tmp_path, tiny_model_dir, "budget", **{
-        "ttft.optim.steps": 100000, "orchestrate.budget": f"{budget:g}s", "orchestrate.inference_share": 0.0,
-        "orchestrate.min_steps": 2})
+    cfg = cfg_for(
+        tmp_path,
+        tiny_model_dir,
+        "budget",
+        **{
+            "ttft.optim.steps": 100000,
+            "orchestrate.budget": f"{budget:g}s",
+            "orchestrate.inference_share": 0.0,
+            "orchestrate.min_steps": 2,
+        },
+    )
     t0 = time.monotonic()
     summary = run_finetunes(cfg, SMALL[:4], out=io.StringIO())
     elapsed = time.monotonic() - t0
@@ -148,8 +190,9 @@ def test_cluster_files_parse_and_name_existing_entrypoints():
 
 @pytest.mark.parametrize("module", ["jobs.finetune", "jobs.infer", "jobs.eval"])
 def test_entrypoint_help_documents_options(module):
-    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     for opt in ("--config", "--registry", "--model", "--set"):
         assert opt in proc.stdout
@@ -157,10 +200,32 @@ def test_entrypoint_help_documents_options(module):
 
 def test_finetune_summary_json_written(ray_client, tiny_model_dir, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.finetune", "--config", "jobs/configs/smoke.yaml", "--limit", "2",
-         "--model", str(tiny_model_dir), "--registry", str(tmp_path / "reg"), "--name", "cli",
-         "--set", "ttft.optim.steps=2", "--set", f"out_dir={tmp_path}", "--address", ray_client["gcs"]],
-        capture_output=True, text=True, cwd=ROOT, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "jobs.finetune",
+            "--config",
+            "jobs/configs/smoke.yaml",
+            "--limit",
+            "2",
+            "--model",
+            str(tiny_model_dir),
+            "--registry",
+            str(tmp_path / "reg"),
+            "--name",
+            "cli",
+            "--set",
+            "ttft.optim.steps=2",
+            "--set",
+            f"out_dir={tmp_path}",
+            "--address",
+            ray_client["gcs"],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "cli" / "finetune.json").read_text())
     assert data["counts"] == {"trained": 2}

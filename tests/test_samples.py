@@ -18,8 +18,9 @@ def task(n_train: int = 4, side: int = 3) -> Task:
     return Task("t1", pairs, ([[7] * side] * side,), ([[9] * side] * side,))
 
 
-@pytest.mark.parametrize("mode, n, expected", [("n-1", 4, 4), ("n-2", 4, 12), ("all", 4, 16), ("n-1", 1, 0),
-                                               ("n-2", 2, 0)])
+@pytest.mark.parametrize(
+    "mode, n, expected", [("n-1", 4, 4), ("n-2", 4, 12), ("all", 4, 16), ("n-1", 1, 0), ("n-2", 2, 0)]
+)
 def test_split_counts(mode: str, n: int, expected: int) -> None:
     t = task(n)
     out = splits(t.train, mode)
@@ -55,12 +56,18 @@ def test_augmented_samples_are_the_augmented_task() -> None:
 
 def test_cap_and_max_len_drop_examples_but_never_truncate_targets() -> None:
     t = task(5, side=6)
-    full = train_samples(t, SamplesConfig(max_per_task=1000, max_seq_len=10000),
-                         AugmentConfig(d8=["identity"], color=False, shuffle_order=False, per_split=1), chars, 0)
+    full = train_samples(
+        t,
+        SamplesConfig(max_per_task=1000, max_seq_len=10000),
+        AugmentConfig(d8=["identity"], color=False, shuffle_order=False, per_split=1),
+        chars,
+        0,
+    )
     assert {s.n_examples for s in full} == {4}
     tight = SamplesConfig(max_per_task=3, max_seq_len=260)
-    few = train_samples(t, tight, AugmentConfig(d8=["identity"], color=False, shuffle_order=False, per_split=1),
-                        chars, 0)
+    few = train_samples(
+        t, tight, AugmentConfig(d8=["identity"], color=False, shuffle_order=False, per_split=1), chars, 0
+    )
     assert len(few) == 3
     for s in few:
         assert chars(s.prompt) + chars(s.target) + 1 <= 260

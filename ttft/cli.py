@@ -27,32 +27,46 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 1 if res.errors else 0
 
 
+def _load_solutions(source: str) -> tuple[dict[str, list], list]:
+    """(solutions, tasks) from a Kaggle solutions file ({id: [grid, ...]}; no tasks) or a task source."""
+    path = Path(source)
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+            return data, []
+    from ttft.scoring import solutions_of
+
+    tasks = load_tasks(source).tasks
+    return solutions_of(tasks), tasks
+
+
 def cmd_score(args: argparse.Namespace) -> int:
-    from ttft.scoring import read_submission, score_submission, solutions_of, validate_submission, write_parquet
+    """Score a submission; validate it against --tasks, else against the solutions' tasks it covers."""
+    from ttft.scoring import read_submission, score_submission, validate_submission, write_parquet
 
     try:
-        tasks = load_tasks(args.tasks or args.solutions,
-                           solutions=args.solutions if args.tasks else None).tasks
         sub = read_submission(args.submission)
+        solutions, tasks = _load_solutions(args.solutions)
+        if args.tasks:
+            tasks = load_tasks(args.tasks).tasks
     except (TaskError, OSError, ValueError) as e:
         print(f"error: {e}")
         return 1
-    problems = validate_submission(sub, tasks) if args.tasks else []
+    if not isinstance(sub, dict):
+        print(f"error: {args.submission}: expected a JSON object {{task_id: [...]}}")
+        return 1
+    if not args.tasks and set(sub) < set(solutions):  # a subset run: score and validate the tasks it covers
+        solutions = {k: v for k, v in solutions.items() if k in sub}
+        tasks = [t for t in tasks if t.id in sub]
+        print(f"scoring the {len(solutions)} tasks of the submission")
+    problems = validate_submission(sub, tasks) if tasks else []
     for p in problems:
         print(f"submission problem: {p}")
-    solutions = solutions_of(tasks) if args.tasks else _read_solutions(args.solutions)
     report = score_submission(sub, solutions)
     print(f"score: {report.total:g} / {report.n_tasks} tasks ({100 * report.mean_score:.2f}%)")
     if args.out:
         write_parquet(report, args.out)
     return 1 if problems else 0
-
-
-def _read_solutions(path: str) -> dict:
-    data = json.loads(Path(path).read_text())
-    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
-        return data
-    return {}
 
 
 def cmd_init_tiny(args: argparse.Namespace) -> int:
@@ -87,8 +101,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as work:
         result = ft.train(job, work)
         registry.put(job.key, work, result.registry_row(cfg.name, cfg.model, cfg.ttft))
-    print(json.dumps({k: v for k, v in result.to_row().items() if k not in ("train_losses", "adapter_dir")},
-                     indent=2, default=str))
+    print(
+        json.dumps(
+            {k: v for k, v in result.to_row().items() if k not in ("train_losses", "adapter_dir")},
+            indent=2,
+            default=str,
+        )
+    )
     print(f"adapter {job.key} registered in {cfg.registry.root}")
     return 0
 
@@ -147,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="score a Kaggle submission (ARC pass@2)")
     s.add_argument("--submission", required=True)
-    s.add_argument("--solutions", required=True, help="Kaggle solutions JSON, or a task source with test outputs")
+    s.add_argument(
+        "--solutions", required=True, help="Kaggle solutions JSON, or a task source with test outputs"
+    )
     s.add_argument("--tasks", help="task source (challenges) to validate the submission against")
     s.add_argument("--out", help="write per-test-output results as Parquet")
     s.set_defaults(fn=cmd_score)

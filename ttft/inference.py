@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from ttft.augment import Augmentation, random_color_map
 from ttft.config import InferenceConfig
-from ttft.formats import ParseError, build_prompt, build_target, parse_output
+from ttft.formats import ParseError, build_target, parse_output
 from ttft.samples import fit_examples
 from ttft.scoring import Submission, submission_from_attempts
 from ttft.tasks import Task
@@ -117,8 +117,11 @@ def generate(engine, prompts: Sequence[Prompt], cfg: InferenceConfig) -> list[li
         by_len.setdefault(p.max_tokens, []).append(i)
     for max_tokens, idx in sorted(by_len.items()):
         reqs = [
-            GenRequest(prompts[i].text, prompts[i].adapter.path if prompts[i].adapter else None,
-                       prompts[i].adapter.key if prompts[i].adapter else None)
+            GenRequest(
+                prompts[i].text,
+                prompts[i].adapter.path if prompts[i].adapter else None,
+                prompts[i].adapter.key if prompts[i].adapter else None,
+            )
             for i in idx
         ]
         outs = engine.generate(reqs, max_tokens=max_tokens, n=cfg.n, temperature=cfg.temperature)
@@ -131,9 +134,23 @@ def collect(
     tasks: Sequence[Task], prompts: Sequence[Prompt], results: Sequence[Sequence], encoder: str
 ) -> Predictions:
     """Parse every generation into a candidate, vote per test input, and build the candidates table."""
-    rows: dict[str, list] = {k: [] for k in (
-        "task_id", "test_index", "aug_key", "adapter_key", "fallback", "sample", "text", "grid", "error",
-        "logprob", "n_tokens", "finish_reason")}
+    rows: dict[str, list] = {
+        k: []
+        for k in (
+            "task_id",
+            "test_index",
+            "aug_key",
+            "adapter_key",
+            "fallback",
+            "sample",
+            "text",
+            "grid",
+            "error",
+            "logprob",
+            "n_tokens",
+            "finish_reason",
+        )
+    }
     cands: dict[tuple[str, int], list[Candidate]] = {}
     out_tokens = 0
     for p, outs in zip(prompts, results):
@@ -144,13 +161,23 @@ def collect(
                 error = "truncated"
             grid = None if error else parsed
             cands.setdefault((p.task_id, p.test_index), []).append(
-                Candidate(p.aug_key, grid, r.logprob, r.n_tokens, error))
+                Candidate(p.aug_key, grid, r.logprob, r.n_tokens, error)
+            )
             out_tokens += r.n_tokens
-            for k, v in (("task_id", p.task_id), ("test_index", p.test_index), ("aug_key", p.aug_key),
-                         ("adapter_key", p.adapter.key if p.adapter else None), ("fallback", p.adapter is None),
-                         ("sample", j), ("text", r.text), ("grid", json.dumps(grid) if grid else None),
-                         ("error", error), ("logprob", r.logprob), ("n_tokens", r.n_tokens),
-                         ("finish_reason", r.finish_reason)):
+            for k, v in (
+                ("task_id", p.task_id),
+                ("test_index", p.test_index),
+                ("aug_key", p.aug_key),
+                ("adapter_key", p.adapter.key if p.adapter else None),
+                ("fallback", p.adapter is None),
+                ("sample", j),
+                ("text", r.text),
+                ("grid", json.dumps(grid) if grid else None),
+                ("error", error),
+                ("logprob", r.logprob),
+                ("n_tokens", r.n_tokens),
+                ("finish_reason", r.finish_reason),
+            ):
                 rows[k].append(v)
     attempts = {
         t.id: [vote(cands.get((t.id, i), []), top_k=2) for i in range(len(t.test_inputs))] for t in tasks

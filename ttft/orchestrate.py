@@ -62,8 +62,9 @@ class FinetuneWorker:
         work = tempfile.mkdtemp(prefix=f"ttft-{job.key[:8]}-")
         try:
             result = self.finetuner.train(job, work)
-            self.registry.put(job.key, work, result.registry_row(self.cfg.name, self.cfg.model, self.cfg.ttft,
-                                                                 attempt))
+            self.registry.put(
+                job.key, work, result.registry_row(self.cfg.name, self.cfg.model, self.cfg.ttft, attempt)
+            )
             return result.to_row()
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -104,7 +105,8 @@ class FinetuneSummary:
     def text(self) -> str:
         c = self.counts
         lines = [
-            f"fine-tune: {len(self.outcomes)} jobs, {c.get('trained', 0)} trained, {c.get('reused', 0)} reused, "
+            f"fine-tune: {len(self.outcomes)} jobs, {c.get('trained', 0)} trained, "
+            f"{c.get('reused', 0)} reused, "
             f"{c.get('failed', 0)} failed, {c.get('skipped', 0)} skipped; {self.workers} workers, "
             f"{self.seconds:.1f}s"
         ]
@@ -131,8 +133,10 @@ class Progress:
         remaining = self.total - finished
         eta = remaining / (finished / elapsed) if finished else float("nan")
         eta_s = f"{eta:.0f}s" if math.isfinite(eta) else "?"
-        return (f"[ttft] fine-tune {finished}/{self.total} done={done} failed={failed} running={running} "
-                f"remaining={remaining} | {rate:.1f} tasks/h | elapsed {elapsed:.0f}s | ETA {eta_s}")
+        return (
+            f"[ttft] fine-tune {finished}/{self.total} done={done} failed={failed} running={running} "
+            f"remaining={remaining} | {rate:.1f} tasks/h | elapsed {elapsed:.0f}s | ETA {eta_s}"
+        )
 
     def tick(self, done: int, failed: int, running: int, force: bool = False) -> None:
         now = time.monotonic()
@@ -228,8 +232,11 @@ def run_finetunes(
             outcomes[job.key] = JobOutcome(job.key, job.task_ids, "reused")
         else:
             queue.append(job)
-    print(f"[ttft] {len(jobs)} fine-tune jobs: {len(existing)} found in the registry, {len(queue)} to train",
-          file=out, flush=True)
+    print(
+        f"[ttft] {len(jobs)} fine-tune jobs: {len(existing)} found in the registry, {len(queue)} to train",
+        file=out,
+        flush=True,
+    )
 
     deadline = None
     if orc.budget:
@@ -241,7 +248,10 @@ def run_finetunes(
     def new_actor(i: int) -> Any:
         name = f"worker-{cfg.name}-{i}-{os.getpid()}"
         return FinetuneWorker.options(
-            name=name, namespace=WORKER_NAMESPACE, num_cpus=orc.cpus_per_worker, num_gpus=orc.gpus_per_worker,
+            name=name,
+            namespace=WORKER_NAMESPACE,
+            num_cpus=orc.cpus_per_worker,
+            num_gpus=orc.gpus_per_worker,
             max_concurrency=1,
         ).remote(cfg, threads)
 
@@ -273,10 +283,19 @@ def run_finetunes(
         while queue or in_flight:
             while idle and queue:
                 job = queue.popleft()
-                steps, max_s = planner.plan(_planned(outcomes, cfg), len(queue) + 1, len(actors), time.monotonic())
+                steps, max_s = planner.plan(
+                    _planned(outcomes, cfg), len(queue) + 1, len(actors), time.monotonic()
+                )
                 if steps == 0:
-                    finish(job, JobOutcome(job.key, job.task_ids, "skipped", error="not started: cannot finish "
-                                           "before the time budget's deadline"))
+                    finish(
+                        job,
+                        JobOutcome(
+                            job.key,
+                            job.task_ids,
+                            "skipped",
+                            error="not started: cannot finish before the time budget's deadline",
+                        ),
+                    )
                     continue
                 job.steps, job.max_seconds = steps, max_s
                 aid = idle.popleft()
@@ -293,8 +312,12 @@ def run_finetunes(
                     deaths[job.key] += 1
                     attempts[job.key] -= 1
                     actors.pop(aid, None)
-                    print(f"[ttft] worker {aid} died running {','.join(job.task_ids)}; requeued "
-                          f"({_describe(e)})", file=out, flush=True)
+                    print(
+                        f"[ttft] worker {aid} died running {','.join(job.task_ids)}; requeued "
+                        f"({_describe(e)})",
+                        file=out,
+                        flush=True,
+                    )
                     if deaths[job.key] > orc.retries + 1:
                         failed += 1
                         err = f"worker died {deaths[job.key]} times: {_describe(e)}"
@@ -317,9 +340,20 @@ def run_finetunes(
                 idle.append(aid)
                 planner.observe(row)
                 done += 1
-                finish(job, JobOutcome(job.key, job.task_ids, "trained", attempts[job.key], steps=row["steps"],
-                                       planned_steps=row["planned_steps"], seconds=row["seconds"],
-                                       reduced=bool(row["reduced"]), row=row))
+                finish(
+                    job,
+                    JobOutcome(
+                        job.key,
+                        job.task_ids,
+                        "trained",
+                        attempts[job.key],
+                        steps=row["steps"],
+                        planned_steps=row["planned_steps"],
+                        seconds=row["seconds"],
+                        reduced=bool(row["reduced"]),
+                        row=row,
+                    ),
+                )
             grow()
             progress.tick(done, failed, len(in_flight))
         progress.tick(done, failed, 0, force=True)
@@ -341,8 +375,14 @@ def _planned(outcomes: dict[str, JobOutcome], cfg: RunConfig) -> int:
 
 
 def _failed_row(cfg: RunConfig, job: FinetuneJob, attempts: int) -> dict[str, Any]:
-    return {"task_ids": job.task_ids, "run": cfg.name, "base_model": cfg.model.name,
-            "base_revision": cfg.model.revision, "config_hash": ttft_hash(cfg.ttft), "attempt": attempts}
+    return {
+        "task_ids": job.task_ids,
+        "run": cfg.name,
+        "base_model": cfg.model.name,
+        "base_revision": cfg.model.revision,
+        "config_hash": ttft_hash(cfg.ttft),
+        "attempt": attempts,
+    }
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> None:
@@ -357,9 +397,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         ray.init(address="local", num_cpus=num_cpus, runtime_env=env, **kwargs)
 
 
-
-
-def task_adapters(cfg: RunConfig, tasks: Sequence[Task], registry: AdapterRegistry) -> dict[str, Adapter | None]:
+def task_adapters(
+    cfg: RunConfig, tasks: Sequence[Task], registry: AdapterRegistry
+) -> dict[str, Adapter | None]:
     """Each task's adapter from the registry (downloaded to the local cache), None where missing or failed."""
     if not cfg.ttft.enabled:
         return {t.id: None for t in tasks}
@@ -385,13 +425,24 @@ def _predict_local(cfg: RunConfig, tasks: Sequence[Task], adapters: dict[str, Ad
     inf = cfg.inference
     n_adapters = len({a.key for a in adapters.values() if a})
     engine = VllmEngine(
-        model_dir, enable_lora=n_adapters > 0, max_lora_rank=max(8, cfg.ttft.lora.rank),
-        max_loras=max(1, min(inf.max_loras, n_adapters)), max_cpu_loras=inf.max_cpu_loras or max(1, n_adapters),
-        max_model_len=inf.max_model_len, gpu_memory_utilization=inf.gpu_memory_utilization, seed=inf.seed,
+        model_dir,
+        enable_lora=n_adapters > 0,
+        max_lora_rank=max(8, cfg.ttft.lora.rank),
+        max_loras=max(1, min(inf.max_loras, n_adapters)),
+        max_cpu_loras=inf.max_cpu_loras or max(1, n_adapters),
+        max_model_len=inf.max_model_len,
+        gpu_memory_utilization=inf.gpu_memory_utilization,
+        seed=inf.seed,
     )
     try:
-        return predict(engine, tasks, adapters, inf, cfg.ttft.samples.encoder,
-                       lambda s: len(tok(s, add_special_tokens=False).input_ids))
+        return predict(
+            engine,
+            tasks,
+            adapters,
+            inf,
+            cfg.ttft.samples.encoder,
+            lambda s: len(tok(s, add_special_tokens=False).input_ids),
+        )
     finally:
         engine.close()
 
@@ -412,7 +463,9 @@ def run_inference(cfg: RunConfig, tasks: Sequence[Task], adapters: dict[str, Ada
         return _predict_local(cfg, tasks, adapters)
     shards = [list(tasks[i::engines]) for i in range(engines)]
     workers = [InferenceWorker.remote() for _ in shards]
-    parts = ray.get([w.predict.remote(cfg, s, {t.id: adapters.get(t.id) for t in s}) for w, s in zip(workers, shards)])
+    parts = ray.get(
+        [w.predict.remote(cfg, s, {t.id: adapters.get(t.id) for t in s}) for w, s in zip(workers, shards)]
+    )
     return Predictions(
         candidates=pa.concat_tables([p.candidates for p in parts]),
         attempts={k: v for p in parts for k, v in p.attempts.items()},

@@ -1,4 +1,4 @@
-"""Run reports: results.parquet, report.md (markdown tables) and PNG plots; the seed-style comparison table."""
+"""Run reports: results.parquet, report.md (markdown tables), PNG plots; the seed-style comparison table."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 
 
 def results_table(rec: RunRecord) -> pa.Table:
-    """One row per (task, test index): attempts, votes, solved, oracle, fallback, fine-tune status, val loss."""
+    """One row per (task, test index): attempts, votes, solved, oracle, fallback, fine-tune, val loss."""
     preds, score = rec.predictions, rec.score
     solved = {}
     if score is not None:
@@ -66,22 +66,43 @@ def results_table(rec: RunRecord) -> pa.Table:
                 status[tid] = o.status
                 if o.row:
                     val[tid] = (o.row.get("val_loss_before"), o.row.get("val_loss_after"))
-    rows: dict[str, list] = {k: [] for k in ("task_id", "test_index", "attempt_1", "attempt_2", "votes_1",
-                                              "votes_2", "solved", "oracle", "fallback", "finetune",
-                                              "val_loss_before", "val_loss_after")}
+    rows: dict[str, list] = {
+        k: []
+        for k in (
+            "task_id",
+            "test_index",
+            "attempt_1",
+            "attempt_2",
+            "votes_1",
+            "votes_2",
+            "solved",
+            "oracle",
+            "fallback",
+            "finetune",
+            "val_loss_before",
+            "val_loss_after",
+        )
+    }
     for t in rec.tasks:
         for i in range(len(t.test_inputs)):
             att = preds.attempts.get(t.id, [[]] * (i + 1))[i] if preds else []
             a1 = att[0] if len(att) > 0 else None
             a2 = att[1] if len(att) > 1 else None
             vb, va = val.get(t.id, (None, None))
-            for k, v in (("task_id", t.id), ("test_index", i), ("attempt_1", json.dumps(a1.grid) if a1 else None),
-                         ("attempt_2", json.dumps(a2.grid) if a2 else None), ("votes_1", a1.votes if a1 else 0),
-                         ("votes_2", a2.votes if a2 else 0), ("solved", solved.get((t.id, i))),
-                         ("oracle", oracle.get((t.id, i), False) if t.test_outputs else None),
-                         ("fallback", bool(preds and t.id in preds.fallback)),
-                         ("finetune", status.get(t.id, "none" if not rec.ttft_enabled else "missing")),
-                         ("val_loss_before", vb), ("val_loss_after", va)):
+            for k, v in (
+                ("task_id", t.id),
+                ("test_index", i),
+                ("attempt_1", json.dumps(a1.grid) if a1 else None),
+                ("attempt_2", json.dumps(a2.grid) if a2 else None),
+                ("votes_1", a1.votes if a1 else 0),
+                ("votes_2", a2.votes if a2 else 0),
+                ("solved", solved.get((t.id, i))),
+                ("oracle", oracle.get((t.id, i), False) if t.test_outputs else None),
+                ("fallback", bool(preds and t.id in preds.fallback)),
+                ("finetune", status.get(t.id, "none" if not rec.ttft_enabled else "missing")),
+                ("val_loss_before", vb),
+                ("val_loss_after", va),
+            ):
                 rows[k].append(v)
     return pa.table(rows)
 
@@ -103,10 +124,18 @@ def write_run(rec: RunRecord, run_dir: str | Path) -> dict[str, Any]:
         "val_loss_before": _mean([r["val_loss_before"] for r in rows]),
         "val_loss_after": _mean([r["val_loss_after"] for r in rows]),
         "finetune_counts": fin.counts if fin else {},
-        "failed": [{"tasks": o.task_ids, "error": o.error} for o in fin.outcomes if o.status in ("failed", "skipped")]
-        if fin else [],
-        "reduced": [{"tasks": o.task_ids, "steps": o.steps, "planned": o.planned_steps}
-                    for o in fin.outcomes if o.reduced] if fin else [],
+        "failed": [
+            {"tasks": o.task_ids, "error": o.error} for o in fin.outcomes if o.status in ("failed", "skipped")
+        ]
+        if fin
+        else [],
+        "reduced": [
+            {"tasks": o.task_ids, "steps": o.steps, "planned": o.planned_steps}
+            for o in fin.outcomes
+            if o.reduced
+        ]
+        if fin
+        else [],
         "stage_seconds": rec.stage_seconds,
         "finetune_seconds": sum(o.seconds or 0 for o in fin.outcomes) if fin else 0.0,
         "invalid_tasks": rec.invalid_tasks,
@@ -157,17 +186,27 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
     acc = summary["accuracy"]
     lines = [f"# ttft run `{rec.name}`", ""]
     if acc is not None:
-        lines += [f"**Accuracy (pass@2): {100 * acc:.1f}%** — {summary['solved']:.2f} of {len(rec.tasks)} tasks "
-                  f"solved; oracle (any candidate right): {100 * (summary['oracle'] or 0):.1f}%", ""]
+        lines += [
+            f"**Accuracy (pass@2): {100 * acc:.1f}%** — {summary['solved']:.2f} of {len(rec.tasks)} tasks "
+            f"solved; oracle (any candidate right): {100 * (summary['oracle'] or 0):.1f}%",
+            "",
+        ]
     else:
         lines += ["No solutions known for these tasks: predictions only.", ""]
-    lines += ["| metric | value |", "|---|---|",
-              f"| tasks | {len(rec.tasks)} |",
-              f"| val loss before TTFT | {_fmt(summary['val_loss_before'])} |",
-              f"| val loss after TTFT | {_fmt(summary['val_loss_after'])} |"]
+    lines += [
+        "| metric | value |",
+        "|---|---|",
+        f"| tasks | {len(rec.tasks)} |",
+        f"| val loss before TTFT | {_fmt(summary['val_loss_before'])} |",
+        f"| val loss after TTFT | {_fmt(summary['val_loss_after'])} |",
+    ]
     c = summary["finetune_counts"]
-    lines += [f"| adapters trained | {c.get('trained', 0)} |", f"| adapters reused | {c.get('reused', 0)} |",
-              f"| fine-tunes failed | {c.get('failed', 0)} |", f"| fine-tunes skipped (budget) | {c.get('skipped', 0)} |"]
+    lines += [
+        f"| adapters trained | {c.get('trained', 0)} |",
+        f"| adapters reused | {c.get('reused', 0)} |",
+        f"| fine-tunes failed | {c.get('failed', 0)} |",
+        f"| fine-tunes skipped (budget) | {c.get('skipped', 0)} |",
+    ]
     for stage, s in rec.stage_seconds.items():
         lines.append(f"| time: {stage} | {s:.1f} s |")
     lines.append("")
@@ -181,25 +220,33 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
         lines += [f"- {','.join(r['tasks'])}: {r['steps']}/{r['planned']} steps" for r in summary["reduced"]]
         lines.append("")
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
-    lines += ["## Per task", "", "| task | test | solved | oracle | votes | fine-tune | fallback | val loss before "
-              "| val loss after |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Per task",
+        "",
+        "| task | test | solved | oracle | votes | fine-tune | fallback | val loss before | val loss after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         solved = "-" if r["solved"] is None else ("yes" if r["solved"] else "no")
         oracle = "-" if r["oracle"] is None else ("yes" if r["oracle"] else "no")
-        lines.append(f"| {r['task_id']} | {r['test_index']} | {solved} | {oracle} | {r['votes_1']}/{r['votes_2']} "
-                     f"| {r['finetune']} | {'yes' if r['fallback'] else 'no'} | {_fmt(r['val_loss_before'])} "
-                     f"| {_fmt(r['val_loss_after'])} |")
+        lines.append(
+            f"| {r['task_id']} | {r['test_index']} | {solved} | {oracle} | {r['votes_1']}/{r['votes_2']} "
+            f"| {r['finetune']} | {'yes' if r['fallback'] else 'no'} | {_fmt(r['val_loss_before'])} "
+            f"| {_fmt(r['val_loss_after'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out_png: str | Path | None = None) -> str:
-    """The seed-style table over finished runs (experiment, val loss, val accuracy, fine-tune time, failed)."""
+    """The seed-style table over runs: experiment, val loss, val accuracy, fine-tune time, failed tasks."""
     rows = []
     for d in run_dirs:
         s = json.loads((Path(d) / "summary.json").read_text())
         rows.append(s)
-    lines = ["| experiment | val loss | val accuracy | oracle | fine-tune time (s) | failed tasks |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| experiment | val loss | val accuracy | oracle | fine-tune time (s) | failed tasks |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in rows:
         vl = s["val_loss_after"] if s.get("ttft") else s["val_loss_before"]
         acc = "-" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
@@ -218,8 +265,12 @@ def compare_runs(run_dirs: Sequence[str | Path], out_png: str | Path | None = No
         ax1.bar(names, accs, color="tab:blue", alpha=0.7)
         ax1.set_ylabel("val accuracy (%)", color="tab:blue")
         ax2 = ax1.twinx()
-        ax2.plot(names, [(s["val_loss_after"] if s.get("ttft") else s["val_loss_before"]) or float("nan")
-                         for s in rows], "o-", color="tab:red")
+        ax2.plot(
+            names,
+            [(s["val_loss_after"] if s.get("ttft") else s["val_loss_before"]) or float("nan") for s in rows],
+            "o-",
+            color="tab:red",
+        )
         ax2.set_ylabel("val loss", color="tab:red")
         ax1.set_title("TTFT experiments")
         plt.setp(ax1.get_xticklabels(), rotation=20, ha="right")

