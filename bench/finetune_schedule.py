@@ -91,6 +91,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         out["run_s"] = time.perf_counter() - t0
         out["job_s"] = time.perf_counter() - t_start - out["ray_init_s"]
         out["first_result_s"] = min(arrivals) if arrivals else None
+        out["arrivals_s"] = sorted(arrivals)
         out["counts"] = summary.counts
         out["rows"] = [o.row for o in summary.outcomes if o.row]
         import ray
@@ -106,12 +107,14 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     finetuner = Finetuner(cfg.model, cfg.ttft, torch_threads=spec["threads"])
     out["load_s"] = time.perf_counter() - t0
-    out["rows"] = []
+    out["rows"], out["arrivals_s"] = [], []
+    t0 = time.perf_counter()
     for job in jobs:
         with tempfile.TemporaryDirectory(prefix="bench-ft-") as tmp:
             result = finetuner.train(job, tmp)
             registry.put(job.key, tmp, result.registry_row(cfg.name, cfg.model, cfg.ttft))
         out["rows"].append(result.to_row())
+        out["arrivals_s"].append(time.perf_counter() - t0)
     out["job_s"] = time.perf_counter() - t_start
     return out
 
@@ -144,6 +147,13 @@ def _spawn(spec: dict[str, Any]) -> tuple[float, dict[str, Any]]:
 
 
 # ---- the benchmark ----------------------------------------------------------------------------------------
+def _steady(arrivals: list[float]) -> float | None:
+    """Adapters per second once the first one is out (start-up excluded): (n - 1) / (last - first)."""
+    if len(arrivals) < 2 or arrivals[-1] <= arrivals[0]:
+        return None
+    return round((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]), 3)
+
+
 def _stats(rows: list[dict[str, Any]], wall: float, parallel: int) -> dict[str, Any]:
     train = sum(r["train_seconds"] for r in rows)
     inside = sum(r["seconds"] for r in rows)
@@ -210,6 +220,7 @@ def run(
                 "wall_s": round(wall, 3),
                 "imports_s": round(r["imports_s"], 3),
                 "load_s": round(r["load_s"], 3),
+                "steady_adapters_per_s": _steady(r["arrivals_s"]),
                 **_stats(r["rows"], wall, 1),
             }
         if "ray" in alts:
@@ -226,6 +237,7 @@ def run(
                 "run_finetunes_s": round(r["run_s"], 3),
                 "first_result_s": round(r["first_result_s"], 3) if r["first_result_s"] else None,
                 "counts": r["counts"],
+                "steady_adapters_per_s": _steady(r["arrivals_s"]),
                 **_stats(r["rows"], wall, workers),
             }
     a = result["alternatives"]
@@ -233,6 +245,10 @@ def run(
     result["ray_vs_loop"] = ratio(wall.get("loop"), wall.get("ray"))
     result["ray_vs_reload"] = ratio(wall.get("reload"), wall.get("ray"))
     result["loop_vs_reload"] = ratio(wall.get("reload"), wall.get("loop"))
+    if "ray" in a and "loop" in a:  # after start-up: the ceiling the ratio tends to with more steps
+        result["ray_vs_loop_steady"] = ratio(
+            a["ray"]["steady_adapters_per_s"], a["loop"]["steady_adapters_per_s"]
+        )
     if "ray" in a:
         result["ray_vs_loop_with_ray_start"] = ratio(wall.get("loop"), a["ray"]["wall_with_ray_start_s"])
         result["ray_vs_reload_with_ray_start"] = ratio(wall.get("reload"), a["ray"]["wall_with_ray_start_s"])
@@ -277,6 +293,10 @@ def text(result: dict[str, Any]) -> str:
         )
     for key, t in result["targets"].items():
         lines.append(f"  {key}: {t['value']}x (target >= {t['target']}x: {t['verdict']})")
+    if result.get("ray_vs_loop_steady"):
+        lines.append(
+            f"  after start-up (adapters/s once the first is out): ray/loop {result['ray_vs_loop_steady']}x"
+        )
     if result.get("load_warning"):
         lines.append(f"  WARNING: {result['load_warning']}")
     return "\n".join(lines)
