@@ -159,7 +159,7 @@ def test_garbage_outputs_become_invalid_candidates():
     texts = [
         ("12\n34\n", "stop"),
         ("1x\n34\n", "stop"),
-        ("12\n3\n", "stop"),
+        ("12\n3\n45\n", "stop"),
         ("", "stop"),
         ("\n".join(["0" * 40] * 40) + "\n", "stop"),
         ("12\n34", "length"),
