@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, prepare_model_for_kbit_training
 
-from ttft.config import ModelConfig, TTFTConfig, ttft_hash
+from ttft.config import LoraConfig, ModelConfig, TTFTConfig, ttft_hash
 from ttft.model import base_model_path, load_base_model
 from ttft.registry import adapter_key
 from ttft.samples import Sample, train_samples, val_samples
@@ -114,6 +115,42 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+def peft_lora_config(lc: LoraConfig) -> PeftLoraConfig:
+    """The PEFT LoRA config of ttft's `ttft.lora` section (causal LM, no bias)."""
+    return PeftLoraConfig(
+        r=lc.rank,
+        lora_alpha=lc.alpha,
+        lora_dropout=lc.dropout,
+        target_modules=list(lc.target_modules),
+        use_rslora=lc.use_rslora,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
+def encode_sample(tokenizer: Any, sample: Sample) -> tuple[list[int], list[int]]:
+    """Token ids and labels: prompt tokens masked (-100), target + EOS learned.
+
+    Prompt and target are tokenized separately, exactly as inference sees them (prompt in, target out).
+    """
+    p = tokenizer(sample.prompt, add_special_tokens=False).input_ids
+    t = tokenizer(sample.target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return p + t, [-100] * len(p) + t
+
+
+def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, device: Any = "cpu") -> dict:
+    """Right-padded batch tensors: input_ids, labels (-100 on padding), attention_mask."""
+    width = max(len(ids) for ids, _ in encoded)
+    ids = [x + [pad_id] * (width - len(x)) for x, _ in encoded]
+    labels = [y + [-100] * (width - len(y)) for _, y in encoded]
+    mask = [[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded]
+    return {
+        "input_ids": torch.tensor(ids, device=device),
+        "labels": torch.tensor(labels, device=device),
+        "attention_mask": torch.tensor(mask, device=device),
+    }
+
+
 def _peak_mem_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -141,23 +178,8 @@ class Finetuner:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def _encode(self, s: Sample) -> tuple[list[int], list[int]]:
-        """Token ids and labels; prompt tokens are masked (-100), target + EOS are learned."""
-        p = self.tokenizer(s.prompt, add_special_tokens=False).input_ids
-        t = self.tokenizer(s.target, add_special_tokens=False).input_ids + [self.eos_id]
-        return p + t, [-100] * len(p) + t
-
     def _batch(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
-        enc = [self._encode(s) for s in samples]
-        width = max(len(ids) for ids, _ in enc)
-        ids = [x + [self.pad_id] * (width - len(x)) for x, _ in enc]
-        labels = [y + [-100] * (width - len(y)) for _, y in enc]
-        mask = [[1] * len(x) + [0] * (width - len(x)) for x, _ in enc]
-        return {
-            "input_ids": torch.tensor(ids, device=self.device),
-            "labels": torch.tensor(labels, device=self.device),
-            "attention_mask": torch.tensor(mask, device=self.device),
-        }
+        return collate([encode_sample(self.tokenizer, s) for s in samples], self.pad_id, self.device)
 
     @torch.no_grad()
     def target_loss(self, model: torch.nn.Module, samples: Sequence[Sample]) -> float | None:
@@ -202,16 +224,7 @@ class Finetuner:
         steps = min(planned, job.steps) if job.steps is not None else planned
         torch.manual_seed(o.seed)
         rng = random.Random(o.seed)
-        peft_cfg = PeftLoraConfig(
-            r=lc.rank,
-            lora_alpha=lc.alpha,
-            lora_dropout=lc.dropout,
-            target_modules=list(lc.target_modules),
-            use_rslora=lc.use_rslora,
-            task_type="CAUSAL_LM",
-            bias="none",
-        )
-        model = get_peft_model(self.model, peft_cfg)
+        model = get_peft_model(self.model, peft_lora_config(lc))
         try:
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)

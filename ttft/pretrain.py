@@ -35,14 +35,13 @@ import torch
 
 from ttft.config import (
     ConfigError,
-    LoraConfig,
     RunConfig,
     _build,
     _read_yaml,
     apply_overrides,
     config_from_dict,
 )
-from ttft.finetune import lr_lambda
+from ttft.finetune import collate, encode_sample, lr_lambda, peft_lora_config
 from ttft.samples import Sample, train_samples
 from ttft.tasks import Pair, Task, load_tasks
 
@@ -173,26 +172,6 @@ def training_view(task: Task, use_test_outputs: bool) -> Task:
     return Task(task.id, task.train + extra, task.test_inputs, task.test_outputs)
 
 
-def encode_sample(tokenizer: Any, sample: Sample) -> tuple[list[int], list[int]]:
-    """Token ids and labels as in TTFT (``Finetuner._encode``): prompt masked (-100), target + EOS learned."""
-    p = tokenizer(sample.prompt, add_special_tokens=False).input_ids
-    t = tokenizer(sample.target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    return p + t, [-100] * len(p) + t
-
-
-def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, device: Any = "cpu") -> dict:
-    """Right-padded batch tensors: input_ids, labels (-100 on padding), attention_mask."""
-    width = max(len(ids) for ids, _ in encoded)
-    ids = [x + [pad_id] * (width - len(x)) for x, _ in encoded]
-    labels = [y + [-100] * (width - len(y)) for _, y in encoded]
-    mask = [[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded]
-    return {
-        "input_ids": torch.tensor(ids, device=device),
-        "labels": torch.tensor(labels, device=device),
-        "attention_mask": torch.tensor(mask, device=device),
-    }
-
-
 def epoch_samples(
     tasks: Sequence[Task], cfg: RunConfig, count_tokens: Callable[[str], int], epoch: int
 ) -> list[Sample]:
@@ -280,22 +259,9 @@ def build_model(cfg: RunConfig, pcfg: PretrainConfig, model_path: str, device: A
     model, tokenizer = load_base_model(model_path, dtype=cfg.model.dtype, device=str(device))
     torch.manual_seed(cfg.ttft.optim.seed)
     if pcfg.mode == "lora":
-        from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
 
-        lc: LoraConfig = cfg.ttft.lora
-        model = get_peft_model(
-            model,
-            PeftLoraConfig(
-                r=lc.rank,
-                lora_alpha=lc.alpha,
-                lora_dropout=lc.dropout,
-                target_modules=list(lc.target_modules),
-                use_rslora=lc.use_rslora,
-                task_type="CAUSAL_LM",
-                bias="none",
-            ),
-        )
+        model = get_peft_model(model, peft_lora_config(cfg.ttft.lora))
     else:
         for p in model.parameters():
             p.requires_grad_(True)
