@@ -32,37 +32,30 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "jobs" / "configs" / "canary.yaml"
+PRETRAIN_CONFIG = "jobs/configs/canary_pretrain.yaml"
+ABLATIONS = {  # summary.json name (also the run dir under <out>) -> jobs.eval config: the seed's rows
+    "baseline": "jobs/configs/canary_baseline.yaml",
+    "n-1": "jobs/configs/canary_n-1.yaml",
+    "n-1+geometric": "jobs/configs/canary_n-1_geometric.yaml",
+    "n-1+geometric+color": "jobs/configs/canary_n-1_geometric_color.yaml",
+}
 STAMP = "pretrain.stamp.json"
 SUMMARY = "summary.json"
 
 
 @dataclass
 class CanaryConfig:
-    """jobs/configs/canary.yaml: what the canary pretrains, evaluates and compares (paths relative to ROOT)."""
+    """What the canary pretrains, evaluates and compares (relative paths are relative to the repo root)."""
 
     out_dir: str = "runs/canary"
-    hidden_size: int = 128  # the random-init tiny model (head_dim 64: vLLM CPU)
+    hidden_size: int = 128  # the random-init tiny model (a multiple of 64: head_dim 64 for vLLM CPU)
     layers: int = 2
-    intermediate_size: int | None = None
+    intermediate_size: int | None = None  # None: 2 x hidden_size
     model_seed: int = 0
-    pretrain: str = "jobs/configs/canary_pretrain.yaml"
+    pretrain: str = PRETRAIN_CONFIG
     eval_tasks: int = 50
-    eval_seed: int = 1000  # eval split seed of the held-out tasks (tuning used other seeds)
-    ablations: dict[str, str] = field(default_factory=dict)  # name -> jobs.eval config
-
-
-def load_canary_config(path: str | Path = CONFIG) -> CanaryConfig:
-    """Read the canary YAML; raises ValueError naming an unknown key."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    known = set(CanaryConfig.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; expected {sorted(known)}")
-    cfg = CanaryConfig(**data)
-    if not cfg.ablations or "baseline" not in cfg.ablations:
-        raise ValueError(f"{path}: ablations must name a 'baseline' run and the TTFT runs")
-    return cfg
+    eval_seed: int = 1000  # eval split seed of the held-out tasks (TTFT was tuned on other seeds)
+    ablations: dict[str, str] = field(default_factory=lambda: dict(ABLATIONS))
 
 
 def _env() -> dict[str, str]:
@@ -199,12 +192,13 @@ def seed_ordering(pass2: dict[str, float]) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.canary", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default=str(CONFIG), help="canary YAML")
-    p.add_argument("--out", help="output dir (canary.out_dir)")
-    p.add_argument("--tasks", type=int, help="number of held-out eval tasks (canary.eval_tasks)")
-    p.add_argument("--eval-seed", type=int, help="eval split seed (canary.eval_seed)")
-    p.add_argument("--hidden-size", type=int, help="tiny model hidden size, a multiple of 64")
-    p.add_argument("--layers", type=int, help="tiny model layers")
+    p.add_argument("--pretrain-config", help="pretraining YAML (a jobs.pretrain config)")
+    d = CanaryConfig()
+    p.add_argument("--out", help=f"output dir (default {d.out_dir})")
+    p.add_argument("--tasks", type=int, help=f"number of held-out eval tasks (default {d.eval_tasks})")
+    p.add_argument("--eval-seed", type=int, help=f"eval split seed (default {d.eval_seed})")
+    p.add_argument("--hidden-size", type=int, help=f"tiny model hidden size, a multiple of 64 (default {d.hidden_size})")
+    p.add_argument("--layers", type=int, help=f"tiny model layers (default {d.layers})")
     p.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a pretraining config value, e.g. ttft.optim.steps=10 (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -219,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     from ttft.config import ConfigError
 
     try:
-        cfg = load_canary_config(args.config)
-        for attr, key in (("out", "out_dir"), ("tasks", "eval_tasks"), ("eval_seed", "eval_seed"),
+        cfg = CanaryConfig()
+        for attr, key in (("pretrain_config", "pretrain"), ("out", "out_dir"), ("tasks", "eval_tasks"), ("eval_seed", "eval_seed"),
                           ("hidden_size", "hidden_size"), ("layers", "layers")):
             if getattr(args, attr) is not None:
                 setattr(cfg, key, getattr(args, attr))

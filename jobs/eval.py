@@ -41,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     clock.lap("inference")
     solutions = solutions_of(tasks)
     score = score_submission(preds.submission(), solutions) if solutions else None
-    rec = RunRecord(cfg.name, tasks, clock.stages, summary, preds, score, invalid, cfg.ttft.enabled)
+    base_val = {}
+    if not cfg.ttft.enabled and solutions:  # the seed's baseline row has a val loss too: the base model's
+        from ttft.finetune import base_val_losses
+
+        base_val = base_val_losses(cfg.model, cfg.ttft, tasks)
+        clock.lap("val loss")
+    rec = RunRecord(cfg.name, tasks, clock.stages, summary, preds, score, invalid, cfg.ttft.enabled, base_val)
     result = write_run(rec, out)
     if result["accuracy"] is not None:
         print(f"accuracy (pass@2): {100 * result['accuracy']:.1f}% ({result['solved']:g}/{len(tasks)} tasks)")

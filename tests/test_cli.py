@@ -38,7 +38,8 @@ def test_score_and_validate_a_submission(tmp_path):
     sub[tasks[1].id][0]["attempt_2"] = [[0]]
     path = tmp_path / "submission.json"
     path.write_text(json.dumps(sub))
-    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation", "--out", str(tmp_path / "r.pq"))
+    result = str(tmp_path / "r")
+    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation", "--out", result)
     assert out.returncode == 0, out.stdout
     n1 = len(tasks[1].test_outputs)
     expected = 1 + (n1 - 1) / n1  # task 0 solved by attempt_2; task 1 misses its first test output

@@ -90,6 +90,11 @@ def test_baseline_runs_without_adapters(runs):
     out, _ = runs
     results = pq.read_table(out / "baseline" / "results.parquet").to_pylist()
     assert results and all(r["finetune"] == "none" and r["fallback"] for r in results)
+    assert all(r["val_loss_before"] > 0 and r["val_loss_after"] is None for r in results)
+    tuned = {r["task_id"]: r["val_loss_before"] for r in
+             pq.read_table(out / "n-1_geometric_color" / "results.parquet").to_pylist()}
+    for r in results:  # same base model, same val samples: the baseline val loss is the "before TTFT" loss
+        assert r["val_loss_before"] == pytest.approx(tuned[r["task_id"]], rel=1e-4)
 
 
 def test_rerun_reuses_adapters(runs, tiny_model_dir):

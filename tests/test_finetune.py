@@ -107,6 +107,11 @@ def test_task_that_fits_no_sample_fails_with_its_id(tiny_model_dir):
     ft = Finetuner(cfg.model, cfg.ttft, torch_threads=1)
     with pytest.raises(ValueError, match=f"task {SMALL[0].id}: no training sample fits"):
         ft.train(FinetuneJob("e" * 32, [SMALL[0]]), "/nonexistent")
+    two_pairs = next(t for t in SMALL if len(t.train) == 2)
+    n2 = smoke(tiny_model_dir, **{"ttft.samples.mode": "n-2"})
+    ft2 = Finetuner(n2.model, n2.ttft, torch_threads=1)
+    with pytest.raises(ValueError, match=f"task {two_pairs.id}: samples.mode=n-2 needs at least 3 train"):
+        ft2.train(FinetuneJob("f" * 32, [two_pairs]), "/nonexistent")
 
 
 def test_cli_finetune_registers_then_reuses(tiny_model_dir, tmp_path):

@@ -213,10 +213,13 @@ class Finetuner:
         o, lc = self.cfg.optim, self.cfg.lora
         samples = self.samples_for(job.tasks, o.seed)
         if not samples:
-            raise ValueError(
-                f"task {','.join(job.task_ids)}: no training sample fits samples.max_seq_len="
-                f"{self.cfg.samples.max_seq_len} (or the task has a single train pair)"
-            )
+            mode, need = self.cfg.samples.mode, 3 if self.cfg.samples.mode == "n-2" else 2
+            few = [t for t in job.tasks if len(t.train) < need]
+            if few:
+                reason = f"samples.mode={mode} needs at least {need} train pairs, got {len(few[0].train)}"
+            else:
+                reason = f"no training sample fits samples.max_seq_len={self.cfg.samples.max_seq_len}"
+            raise ValueError(f"task {','.join(job.task_ids)}: {reason}")
         vals = [v for t in job.tasks for v in val_samples(t, self.cfg.samples, self.count_tokens)]
         val_before = self.target_loss(self.model, vals)
 
@@ -280,6 +283,14 @@ class Finetuner:
             peak_mem_mb=_peak_mem_mb(),
             reduced=done < planned,
         )
+
+
+def base_val_losses(
+    model_cfg: ModelConfig, cfg: TTFTConfig, tasks: Sequence[Task]
+) -> dict[str, float | None]:
+    """The seed's val loss of the base model alone (no TTFT) per task: the baseline row's val loss."""
+    ft = Finetuner(model_cfg, cfg)
+    return {t.id: ft.target_loss(ft.model, val_samples(t, cfg.samples, ft.count_tokens)) for t in tasks}
 
 
 def job_key(model_identity: str, model_cfg: ModelConfig, cfg: TTFTConfig, tasks: Sequence[Task]) -> str:

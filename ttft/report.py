@@ -30,6 +30,7 @@ class RunRecord:
     score: ScoreReport | None = None
     invalid_tasks: list[str] = field(default_factory=list)
     ttft_enabled: bool = True
+    base_val_loss: dict[str, float | None] = field(default_factory=dict)  # baseline runs: base model only
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -88,7 +89,7 @@ def results_table(rec: RunRecord) -> pa.Table:
             att = preds.attempts.get(t.id, [[]] * (i + 1))[i] if preds else []
             a1 = att[0] if len(att) > 0 else None
             a2 = att[1] if len(att) > 1 else None
-            vb, va = val.get(t.id, (None, None))
+            vb, va = val.get(t.id, (rec.base_val_loss.get(t.id), None))
             for k, v in (
                 ("task_id", t.id),
                 ("test_index", i),
@@ -99,12 +100,21 @@ def results_table(rec: RunRecord) -> pa.Table:
                 ("solved", solved.get((t.id, i))),
                 ("oracle", oracle.get((t.id, i), False) if t.test_outputs else None),
                 ("fallback", bool(preds and t.id in preds.fallback)),
-                ("finetune", status.get(t.id, "none" if not rec.ttft_enabled else "missing")),
+                ("finetune", status.get(t.id, _adapter_status(rec, t.id))),
                 ("val_loss_before", vb),
                 ("val_loss_after", va),
             ):
                 rows[k].append(v)
     return pa.table(rows)
+
+
+def _adapter_status(rec: RunRecord, task_id: str) -> str:
+    """Fine-tune status when this run trained nothing itself (jobs.infer): from the registry lookup."""
+    if not rec.ttft_enabled:
+        return "none"
+    if rec.predictions is not None and task_id not in rec.predictions.fallback:
+        return "registry"
+    return "missing"
 
 
 def write_run(rec: RunRecord, run_dir: str | Path) -> dict[str, Any]:
