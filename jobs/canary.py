@@ -96,12 +96,17 @@ def build_init_model(cfg: CanaryConfig, out: Path) -> Path:
     return d
 
 
-def pretrain_recipe(cfg: CanaryConfig, overrides: list[str]) -> dict[str, Any]:
-    """Everything the pretrained model depends on: init model, the pretrain config, the overrides."""
+def load_pretrain(cfg: CanaryConfig, overrides: list[str]) -> tuple[Any, Any]:
+    """The pretraining (RunConfig, PretrainConfig) with ``KEY=VALUE`` overrides; raises ConfigError."""
     from ttft.config import parse_override
     from ttft.pretrain import load_pretrain_config
 
-    rcfg, pcfg = load_pretrain_config(_path(cfg.pretrain), dict(parse_override(s) for s in overrides))
+    return load_pretrain_config(_path(cfg.pretrain), dict(parse_override(s) for s in overrides))
+
+
+def pretrain_recipe(cfg: CanaryConfig, overrides: list[str]) -> dict[str, Any]:
+    """Everything the pretrained model depends on: init model, the pretrain config, the overrides."""
+    rcfg, pcfg = load_pretrain(cfg, overrides)
     return {
         "init": {"hidden_size": cfg.hidden_size, "layers": cfg.layers,
                  "intermediate_size": cfg.intermediate_size, "seed": cfg.model_seed},

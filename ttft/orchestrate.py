@@ -429,7 +429,7 @@ def _predict_local(cfg: RunConfig, tasks: Sequence[Task], adapters: dict[str, Ad
         enable_lora=n_adapters > 0,
         max_lora_rank=max(8, cfg.ttft.lora.rank),
         max_loras=max(1, min(inf.max_loras, n_adapters)),
-        max_cpu_loras=inf.max_cpu_loras or max(1, n_adapters),
+        max_cpu_loras=inf.max_cpu_loras or n_adapters + 1,
         max_model_len=inf.max_model_len,
         gpu_memory_utilization=inf.gpu_memory_utilization,
         seed=inf.seed,

