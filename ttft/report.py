@@ -274,6 +274,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_png: str | Path | None = No
         accs = [100 * (s["accuracy"] or 0) for s in rows]
         ax1.bar(names, accs, color="tab:blue", alpha=0.7)
         ax1.set_ylabel("val accuracy (%)", color="tab:blue")
+        ax1.set_ylim(0, max(5.0, 1.2 * max(accs)))
         ax2 = ax1.twinx()
         ax2.plot(
             names,
