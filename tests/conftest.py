@@ -31,7 +31,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_model_dir: Path):
     """ONE VllmEngine on the tiny model with LoRA enabled (rank <= 16, 4 adapters at once), float32."""
-    pytest.importorskip("vllm")
     from ttft.vllm_engine import VllmEngine
 
     engine = VllmEngine(
