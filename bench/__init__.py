@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -30,14 +31,53 @@ def machine() -> dict[str, Any]:
     }
 
 
-def load_warning(start: list[float] | tuple[float, ...], cpus: int | None = None) -> str | None:
-    """A note when the 1-minute load average was above the core count before the benchmark started."""
+class CpuMonitor:
+    """CPU time other processes used while a benchmark ran (Linux: /proc/stat minus this process tree).
+
+    This tree = this process and the children it waited for (their own children included when those
+    were waited for in turn): subprocesses, vLLM's engine, the S3 server, a local Ray started here.
+    """
+
+    def __init__(self) -> None:
+        self.t0, self.busy0, self.own0 = time.monotonic(), _busy_s(), _own_s()
+
+    def others_share(self) -> float | None:
+        """Fraction of all cores' time used by other processes since creation (None if unknown)."""
+        busy = _busy_s()
+        if busy is None or self.busy0 is None:
+            return None
+        wall = time.monotonic() - self.t0
+        other = (busy - self.busy0) - (_own_s() - self.own0)
+        return round(max(0.0, other) / max(1e-9, wall * (os.cpu_count() or 1)), 3)
+
+
+def _busy_s() -> float | None:
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+def _own_s() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def load_warning(
+    start: list[float] | tuple[float, ...], others_share: float | None = None, cpus: int | None = None
+) -> str | None:
+    """A note when other processes were busy: load average above the cores at the start, or other
+    processes using more than 15% of the machine's CPU time during the run."""
     cpus = cpus or os.cpu_count() or 1
+    notes = []
     if start and start[0] > cpus + 0.5:
-        return (
-            f"load average {start[0]:.1f} on {cpus} cores before the run: other processes were busy, "
-            "numbers may be polluted (rerun)"
-        )
+        notes.append(f"load average {start[0]:.1f} on {cpus} cores at the start")
+    if others_share is not None and others_share > 0.15:
+        notes.append(f"other processes used {others_share:.0%} of the CPU time during the run")
+    if notes:
+        return "; ".join(notes) + ": numbers may be polluted (rerun)"
     return None
 
 

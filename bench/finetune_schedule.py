@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS, ROOT, load_warning, machine, quiet_hf, ratio, verdict, write_json
+from bench import RESULTS, ROOT, CpuMonitor, load_warning, machine, quiet_hf, ratio, verdict, write_json
 
 SMOKE = ROOT / "jobs" / "configs" / "smoke.yaml"
 SOURCE, MAX_SIDE = "arc1/evaluation", 8
@@ -185,7 +185,7 @@ def run(
     from ttft.model import base_model_path
 
     workers = workers or os.cpu_count() or 1
-    info = machine()
+    info, monitor = machine(), CpuMonitor()
     base_model_path(load_config(SMOKE).model)  # build the tiny model once, outside every timing
     n_tasks = len(bench_tasks(tasks))
     alts = [a.strip() for a in alternatives.split(",") if a.strip()]
@@ -277,8 +277,9 @@ def run(
             "verdict": verdict(result["ray_vs_reload"], TARGET_VS_RELOAD),
         },
     }
-    result["load_warning"] = load_warning(info["loadavg"])
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["cpu_others_share"] = monitor.others_share()
+    result["load_warning"] = load_warning(info["loadavg"], result["cpu_others_share"])
     print(text(result))
     if out is not None:
         write_json(out, result)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS, ROOT, load_warning, machine, quiet_hf, ratio, verdict, write_json
+from bench import RESULTS, ROOT, CpuMonitor, load_warning, machine, quiet_hf, ratio, verdict, write_json
 
 SMOKE = ROOT / "jobs" / "configs" / "smoke.yaml"
 TARGET_VS_PEFT, TARGET_VS_PER_ADAPTER = 5.0, 2.0
@@ -172,7 +172,7 @@ def run(
     from ttft.tasks import load_tasks
     from ttft.vllm_engine import VllmEngine
 
-    info = machine()
+    info, monitor = machine(), CpuMonitor()
     threads = os.cpu_count() or 1
     alts = {a.strip() for a in alternatives.split(",") if a.strip()}
     cfg = load_config(SMOKE, {"ttft.optim.steps": adapter_steps})
@@ -290,8 +290,9 @@ def run(
             "verdict": verdict(result["multilora_vs_per_adapter"], TARGET_VS_PER_ADAPTER),
         },
     }
-    result["load_warning"] = load_warning(info["loadavg"])
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["cpu_others_share"] = monitor.others_share()
+    result["load_warning"] = load_warning(info["loadavg"], result["cpu_others_share"])
     print(text(result))
     if out is not None:
         write_json(out, result)

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS, load_warning, machine, verdict, write_json
+from bench import RESULTS, CpuMonitor, load_warning, machine, verdict, write_json
 
 TARGET_EXISTS_S = 1.0
 N_PROBE = 400
@@ -249,7 +249,7 @@ def run(
     out: Path | None = RESULTS / "registry.json",
 ) -> dict[str, Any]:
     """Run the registry benchmark on each backend, print a table, write the JSON result."""
-    info = machine()
+    info, monitor = machine(), CpuMonitor()
     result: dict[str, Any] = {
         "benchmark": "registry",
         "machine": info,
@@ -295,8 +295,9 @@ def run(
         "value_s": result["registry_exists_400_s"],
         "verdict": verdict(result["registry_exists_400_s"], TARGET_EXISTS_S, True),
     }
-    result["load_warning"] = load_warning(info["loadavg"])
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["cpu_others_share"] = monitor.others_share()
+    result["load_warning"] = load_warning(info["loadavg"], result["cpu_others_share"])
     print(
         f"registry: exists({N_PROBE} keys) at {rows} rows, worst backend cold: "
         f"{result['registry_exists_400_s']}s (target < {TARGET_EXISTS_S}s: {result['target']['verdict']})"

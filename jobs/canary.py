@@ -1,7 +1,8 @@
 """`python -m jobs.canary` (`make canary`): the CPU-scale accuracy benchmark of the seed's TTFT ablations.
 
-1. Build a random-init tiny model (``canary.model`` in jobs/configs/canary.yaml) and pretrain it with Ray
-   Train on generated *training* tasks (``python -m jobs.pretrain --config jobs/configs/canary_pretrain.yaml``).
+1. Build a random-init tiny model (``CanaryConfig``: hidden size, layers, seed) and pretrain it with Ray
+   Train on generated *training* tasks
+   (``python -m jobs.pretrain --config jobs/configs/canary_pretrain.yaml``).
    Skipped when ``<out>/model`` was exported by the same recipe (``<out>/pretrain.stamp.json``); an
    interrupted pretraining resumes from its last checkpoint.
 2. Write the held-out *eval* tasks (``ttft.generate``, eval split, its own seed) to ``<out>/tasks``.
@@ -28,8 +29,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_CONFIG = "jobs/configs/canary_pretrain.yaml"
@@ -83,15 +82,24 @@ def build_init_model(cfg: CanaryConfig, out: Path) -> Path:
     """The random-init tiny model the pretraining starts from (rebuilt when its recipe changed)."""
     from ttft.model import init_tiny_model
 
-    recipe = {"hidden_size": cfg.hidden_size, "layers": cfg.layers,
-              "intermediate_size": cfg.intermediate_size, "seed": cfg.model_seed}
+    recipe = {
+        "hidden_size": cfg.hidden_size,
+        "layers": cfg.layers,
+        "intermediate_size": cfg.intermediate_size,
+        "seed": cfg.model_seed,
+    }
     d = out / "init-model"
     stamp = d / "canary-init.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == recipe:
         return d
     shutil.rmtree(d, ignore_errors=True)
-    init_tiny_model(d, seed=cfg.model_seed, hidden_size=cfg.hidden_size, layers=cfg.layers,
-                    intermediate_size=cfg.intermediate_size)
+    init_tiny_model(
+        d,
+        seed=cfg.model_seed,
+        hidden_size=cfg.hidden_size,
+        layers=cfg.layers,
+        intermediate_size=cfg.intermediate_size,
+    )
     stamp.write_text(json.dumps(recipe))
     return d
 
@@ -108,8 +116,12 @@ def pretrain_recipe(cfg: CanaryConfig, overrides: list[str]) -> dict[str, Any]:
     """Everything the pretrained model depends on: init model, the pretrain config, the overrides."""
     rcfg, pcfg = load_pretrain(cfg, overrides)
     return {
-        "init": {"hidden_size": cfg.hidden_size, "layers": cfg.layers,
-                 "intermediate_size": cfg.intermediate_size, "seed": cfg.model_seed},
+        "init": {
+            "hidden_size": cfg.hidden_size,
+            "layers": cfg.layers,
+            "intermediate_size": cfg.intermediate_size,
+            "seed": cfg.model_seed,
+        },
         "ttft": asdict(rcfg.ttft),
         "pretrain": {k: v for k, v in asdict(pcfg).items() if k not in ("output", "storage")},
     }
@@ -123,8 +135,11 @@ def pretrain(cfg: CanaryConfig, out: Path, overrides: list[str]) -> tuple[Path, 
     if stamp.is_file() and (model / "config.json").is_file():
         done = json.loads(stamp.read_text())
         if done.get("recipe") == recipe:
-            print(f"[canary] pretrained model {model} matches the recipe: reused "
-                  f"({done['seconds']:.0f} s when trained)", flush=True)
+            print(
+                f"[canary] pretrained model {model} matches the recipe: reused "
+                f"({done['seconds']:.0f} s when trained)",
+                flush=True,
+            )
             return model, float(done["seconds"]), False
     ckpts = out / "pretrain" / "checkpoints"
     started = out / "pretrain.recipe.json"
@@ -135,8 +150,19 @@ def pretrain(cfg: CanaryConfig, out: Path, overrides: list[str]) -> tuple[Path, 
     started.write_text(json.dumps(recipe, indent=1))
     init = build_init_model(cfg, out)
     t0 = time.monotonic()
-    cmd = [sys.executable, "-m", "jobs.pretrain", "--config", str(_path(cfg.pretrain)), "--model", str(init),
-           "--output", str(model), "--storage", str(ckpts)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.pretrain",
+        "--config",
+        str(_path(cfg.pretrain)),
+        "--model",
+        str(init),
+        "--output",
+        str(model),
+        "--storage",
+        str(ckpts),
+    ]
     for s in overrides:
         cmd += ["--set", s]
     _run(cmd, "pretrain")
@@ -165,9 +191,23 @@ def write_eval_tasks(cfg: CanaryConfig, out: Path) -> Path:
 
 def run_ablation(name: str, config: str, out: Path, tasks: Path, model: Path, overrides: list[str]) -> Path:
     """One ``jobs.eval`` run: the ablation's config with the canary's data, model, registry and out dir."""
-    cmd = [sys.executable, "-m", "jobs.eval", "--config", str(_path(config)), "--name", name,
-           "--data", str(tasks), "--model", str(model), "--registry", str(out / "registry"),
-           "--set", f"out_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.eval",
+        "--config",
+        str(_path(config)),
+        "--name",
+        name,
+        "--data",
+        str(tasks),
+        "--model",
+        str(model),
+        "--registry",
+        str(out / "registry"),
+        "--set",
+        f"out_dir={out}",
+    ]
     for s in overrides:
         cmd += ["--set", s]
     _run(cmd, f"ablation {name}")
@@ -195,19 +235,34 @@ def seed_ordering(pass2: dict[str, float]) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.canary", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.canary",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--pretrain-config", help="pretraining YAML (a jobs.pretrain config)")
     d = CanaryConfig()
     p.add_argument("--out", help=f"output dir (default {d.out_dir})")
     p.add_argument("--tasks", type=int, help=f"number of held-out eval tasks (default {d.eval_tasks})")
     p.add_argument("--eval-seed", type=int, help=f"eval split seed (default {d.eval_seed})")
-    p.add_argument("--hidden-size", type=int, help=f"tiny model hidden size, a multiple of 64 (default {d.hidden_size})")
+    p.add_argument(
+        "--hidden-size", type=int, help=f"tiny model hidden size, a multiple of 64 (default {d.hidden_size})"
+    )
     p.add_argument("--layers", type=int, help=f"tiny model layers (default {d.layers})")
-    p.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a pretraining config value, e.g. ttft.optim.steps=10 (repeatable)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value of every ablation run, e.g. ttft.optim.steps=4 (repeatable)")
+    p.add_argument(
+        "--pretrain-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pretraining config value, e.g. ttft.optim.steps=10 (repeatable)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of every ablation run, e.g. ttft.optim.steps=4 (repeatable)",
+    )
     p.add_argument("--min-lift", type=float, help="exit 1 when the lift (points) is below this")
     return p
 
@@ -219,8 +274,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = CanaryConfig()
-        for attr, key in (("pretrain_config", "pretrain"), ("out", "out_dir"), ("tasks", "eval_tasks"), ("eval_seed", "eval_seed"),
-                          ("hidden_size", "hidden_size"), ("layers", "layers")):
+        for attr, key in (
+            ("pretrain_config", "pretrain"),
+            ("out", "out_dir"),
+            ("tasks", "eval_tasks"),
+            ("eval_seed", "eval_seed"),
+            ("hidden_size", "hidden_size"),
+            ("layers", "layers"),
+        ):
             if getattr(args, attr) is not None:
                 setattr(cfg, key, getattr(args, attr))
         pretrain_recipe(cfg, args.pretrain_set)  # validate before any work
@@ -246,10 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     total = time.monotonic() - t0
     ordered = seed_ordering(summary["pass2"])
-    footer = (f"\n{cfg.eval_tasks} held-out generated eval tasks (seed {cfg.eval_seed}); pass@2 lift of the best "
-              f"TTFT row over the baseline: {summary['lift']:+.1f} points; seed ordering: "
-              f"{'reproduced' if ordered else 'not reproduced'}.\npretrain {pretrain_s / 60:.1f} min; "
-              f"canary total {total / 60:.1f} min\n")
+    footer = (
+        f"\n{cfg.eval_tasks} held-out generated eval tasks (seed {cfg.eval_seed}); pass@2 lift of the best "
+        f"TTFT row over the baseline: {summary['lift']:+.1f} points; seed ordering: "
+        f"{'reproduced' if ordered else 'not reproduced'}.\npretrain {pretrain_s / 60:.1f} min; "
+        f"canary total {total / 60:.1f} min\n"
+    )
     (out / "table.md").write_text(table + footer)
     print("\n" + table + footer, flush=True)
     print(f"[canary] {out / SUMMARY}: {json.dumps(summary)}")

@@ -1,5 +1,6 @@
-"""The canary (`make canary`, jobs/canary.py): its configs, summary and resume logic, and a tiny run end to end
-(Ray Train pretraining with 2 workers -> eval tasks -> the four ablations through jobs.eval -> table)."""
+"""The canary (`make canary`, jobs/canary.py): its configs, summary and resume logic, and a tiny run end
+to end (Ray Train pretraining with 2 workers -> eval tasks -> the four ablations through jobs.eval ->
+table)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def test_ablation_configs_differ_only_where_the_seed_says():
     assert n1.ttft.augment.d8 == ["identity"] and not n1.ttft.augment.color and n1.ttft.samples.mode == "n-1"
     assert len(geo.ttft.augment.d8) == 8 and not geo.ttft.augment.color
     assert len(color.ttft.augment.d8) == 8 and color.ttft.augment.color
-    # Everything else is shared: same samples, LoRA, optimizer, inference, and the pretraining's prompt format.
+    # Everything else is shared: same samples, LoRA, optimizer, inference, and the pretraining's format.
     for c in (base, geo, color):
         for section in ("samples", "lora", "optim"):
             assert getattr(c.ttft, section) == getattr(n1.ttft, section), section
@@ -68,11 +69,17 @@ def test_summary_is_percent_and_lift_is_best_ttft_row_minus_baseline(tmp_path):
     for name, acc in zip(NAMES, (0.04, 0.10, 0.08, 0.26)):
         _fake_run(tmp_path, name, acc)
     s = canary.summarize(NAMES, tmp_path)
-    assert s == {"pass2": {"baseline": 4.0, "n-1": 10.0, "n-1+geometric": 8.0, "n-1+geometric+color": 26.0},
-                 "lift": 22.0}
+    assert s == {
+        "pass2": {"baseline": 4.0, "n-1": 10.0, "n-1+geometric": 8.0, "n-1+geometric+color": 26.0},
+        "lift": 22.0,
+    }
     assert not canary.seed_ordering(s["pass2"])  # geometric lost to n-1
-    assert canary.seed_ordering({"baseline": 4.0, "n-1": 6.0, "n-1+geometric": 6.0, "n-1+geometric+color": 20.0})
-    assert not canary.seed_ordering({"baseline": 8.0, "n-1": 6.0, "n-1+geometric": 9.0, "n-1+geometric+color": 20.0})
+    assert canary.seed_ordering(
+        {"baseline": 4.0, "n-1": 6.0, "n-1+geometric": 6.0, "n-1+geometric+color": 20.0}
+    )
+    assert not canary.seed_ordering(
+        {"baseline": 8.0, "n-1": 6.0, "n-1+geometric": 9.0, "n-1+geometric+color": 20.0}
+    )
 
 
 # ---------------------------------------------------------------------------------------- end to end
