@@ -24,7 +24,12 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 def setup(args: argparse.Namespace) -> RunConfig:
     """Parse the config or exit 2 with a one-line error naming the key."""
     try:
-        return config_from_args(args)
+        cfg = config_from_args(args)
+        if cfg.tracking.backend is not None:
+            from ttft.tracking import check_backend
+
+            check_backend(cfg.tracking)
+        return cfg
     except ConfigError as e:
         sys.exit(f"config error: {e}")
 

@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     if result["accuracy"] is not None:
         print(f"accuracy (pass@2): {100 * result['accuracy']:.1f}% ({result['solved']:g}/{len(tasks)} tasks)")
     print(f"report: {out / 'report.md'}")
+    if cfg.tracking.backend is not None:
+        from ttft.tracking import log_run, tracked_run
+
+        curves = {"+".join(o.task_ids): (o.row or {}).get("train_losses") or [] for o in summary.outcomes}
+        where = log_run(cfg.tracking, tracked_run(cfg, result, out, curves))
+        if where:
+            print(f"tracked: {where}")
     return 0
 
 

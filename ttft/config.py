@@ -154,6 +154,15 @@ class RegistryConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Optional experiment tracking of finished runs (ttft.tracking); off when backend is null."""
+
+    backend: str | None = None  # null | mlflow | wandb
+    project: str = "ttft"  # MLflow experiment / W&B project
+    uri: str | None = None  # MLflow tracking URI or local path; W&B: the local run dir (else ./wandb)
+
+
+@dataclass
 class RunConfig:
     """One ttft run: data, model, TTFT recipe, scheduling, inference, registry."""
 
@@ -165,7 +174,7 @@ class RunConfig:
     orchestrate: OrchestrateConfig = field(default_factory=OrchestrateConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
-    tracking: str | None = None  # None | wandb | mlflow
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -203,7 +212,7 @@ _CHOICES = {
     "ttft.samples.encoder": {"minimal", "shape"},
     "ttft.optim.schedule": {"cosine", "linear", "constant"},
     "model.dtype": {"float32", "bfloat16", "float16"},
-    "tracking": {None, "wandb", "mlflow"},
+    "tracking.backend": {None, "wandb", "mlflow"},
 }
 
 
@@ -263,7 +272,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def _check_values(cfg: RunConfig) -> None:
-    flat = _flatten(cfg.to_dict())
+    flat = flatten(cfg.to_dict())
     for key, allowed in _CHOICES.items():
         if flat[key] not in allowed:
             raise ConfigError(f"{key}: {flat[key]!r} is not one of {sorted(map(str, allowed))}")
@@ -296,12 +305,13 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"name: {cfg.name!r} is not a safe run name (letters, digits, _ . + -)")
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {"a.b.c": value}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else k
         if isinstance(v, dict):
-            out.update(_flatten(v, key))
+            out.update(flatten(v, key))
         else:
             out[key] = v
     return out

@@ -44,10 +44,23 @@ def write_zero_adapter(model_dir: str, out: Path) -> None:
         tensors[f"{name}.lora_B.weight"] = torch.zeros(q_out, 1)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 1, "lora_alpha": 1, "lora_dropout": 0.0,
-        "target_modules": ["q_proj"], "bias": "none", "base_model_name_or_path": model_dir,
-        "fan_in_fan_out": False, "use_rslora": False, "modules_to_save": None}))
+    (out / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": 1,
+                "lora_alpha": 1,
+                "lora_dropout": 0.0,
+                "target_modules": ["q_proj"],
+                "bias": "none",
+                "base_model_name_or_path": model_dir,
+                "fan_in_fan_out": False,
+                "use_rslora": False,
+                "modules_to_save": None,
+            }
+        )
+    )
 
 
 @dataclass(frozen=True)
