@@ -3,7 +3,8 @@
 (a) peft:   HF PEFT, task by task: load the task's adapter onto the base (PeftModel), greedy `generate`
             each prompt on its own, unload;
 (b) vllm:   one `VllmEngine.generate` call per adapter (that task's requests only);
-(c) ttft:   ttft's multi-LoRA pass, `ttft.inference.generate` over all prompts at once.
+(c) ttft:   ttft's multi-LoRA pass, `ttft.inference.generate`: all prompts in one engine call, each with
+            its adapter and max_tokens.
 
 All three get the same prompts (`ttft.inference.build_prompts`) and the same per-prompt max_tokens, greedy.
 The tiny adapters are trained first with a `Finetuner` (a few steps). (b) and (c) share one engine, built
@@ -11,9 +12,6 @@ as `ttft.orchestrate` builds it; its start and a warm-up that loads every adapte
 timed, and vLLM's prefix cache is reset before each timed pass, so neither reuses the other's work.
 The random tiny model often stops early, so the work is what was generated: output tokens/s count the
 tokens actually produced (EOS included), and the table shows them per alternative.
-
-Also measured (not a target): (d) the same prompts in ONE `llm.generate` call with a SamplingParams per
-request, which is what (c) could be if `ttft.inference.generate` did not split its pass by max_tokens.
 """
 
 from __future__ import annotations
@@ -127,25 +125,6 @@ def run_ttft(engine, prompts, inf_cfg) -> dict[str, Any]:
         "seconds": seconds,
         "output_tokens": sum(r[0].n_tokens for r in results),
         "texts": [r[0].text for r in results],
-        "calls": len({p.max_tokens for p in prompts}),
-    }
-
-
-def run_single_call(engine, prompts) -> dict[str, Any]:
-    """(d) every prompt in ONE llm.generate call, a SamplingParams per request (its own max_tokens)."""
-    from vllm import SamplingParams
-
-    from ttft.vllm_engine import GenRequest
-
-    loras = [engine._lora_request(GenRequest(p.text, p.adapter.path, p.adapter.key)) for p in prompts]
-    params = [SamplingParams(n=1, temperature=0.0, max_tokens=p.max_tokens, logprobs=0) for p in prompts]
-    t0 = time.perf_counter()
-    outs = engine._llm.generate([p.text for p in prompts], params, lora_request=loras, use_tqdm=False)
-    seconds = time.perf_counter() - t0
-    return {
-        "seconds": seconds,
-        "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
-        "texts": [o.outputs[0].text for o in outs],
         "calls": 1,
     }
 
@@ -160,7 +139,8 @@ def run(
     adapter_steps: int = 8,
     out: Path | None = RESULTS / "inference.json",
     limit: int | None = None,
-    alternatives: str = "peft,vllm,ttft,single",
+    alternatives: str = "peft,vllm,ttft",
+    max_loras: int | None = None,
 ) -> dict[str, Any]:
     """Train the adapters, run the selected alternatives, print ratios, write the JSON result."""
     quiet_hf()
@@ -175,7 +155,10 @@ def run(
     info, monitor = machine(), CpuMonitor()
     threads = os.cpu_count() or 1
     alts = {a.strip() for a in alternatives.split(",") if a.strip()}
-    cfg = load_config(SMOKE, {"ttft.optim.steps": adapter_steps})
+    overrides: dict[str, Any] = {"ttft.optim.steps": adapter_steps}
+    if max_loras is not None:
+        overrides["inference.max_loras"] = max_loras
+    cfg = load_config(SMOKE, overrides)
     tasks = load_tasks(cfg.data.source, max_side=cfg.data.max_side, limit=limit).tasks
     model_dir = base_model_path(cfg.model)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -212,7 +195,7 @@ def run(
         if "peft" in alts:
             runs["peft"] = run_peft(model_dir, prompts, threads)
             print(f"  (a) peft done in {runs['peft']['seconds']:.1f}s", file=sys.stderr, flush=True)
-        if alts & {"vllm", "ttft", "single"}:
+        if alts & {"vllm", "ttft"}:
             inf = cfg.inference
             n_adapters = len({a.key for a in adapters.values()})
             t0 = time.perf_counter()
@@ -241,7 +224,6 @@ def run(
                 for name, fn in (
                     ("ttft", lambda: run_ttft(engine, prompts, cfg.inference)),
                     ("vllm", lambda: run_per_adapter(engine, prompts)),
-                    ("single", lambda: run_single_call(engine, prompts)),
                 ):
                     if name in alts:
                         _reset_cache(engine)
@@ -253,7 +235,6 @@ def run(
         "peft": "(a) HF PEFT generate, task by task, one prompt at a time",
         "vllm": "(b) vLLM, one generate call per adapter",
         "ttft": "(c) ttft multi-LoRA pass (ttft.inference.generate)",
-        "single": "(d) one llm.generate call, SamplingParams per request (not ttft today)",
     }
     ref = runs.get("ttft", {}).get("texts")
     for name, r in runs.items():
@@ -273,7 +254,6 @@ def run(
     # headline ratios are of throughput (output tokens/s): fair even where the token counts differ a little
     result["multilora_vs_peft"] = ratio(tps.get("ttft"), tps.get("peft"))
     result["multilora_vs_per_adapter"] = ratio(tps.get("ttft"), tps.get("vllm"))
-    result["single_call_vs_ttft"] = ratio(tps.get("single"), tps.get("ttft"))
     result["wall_ratios"] = {
         "peft_over_ttft": ratio(secs.get("peft"), secs.get("ttft")),
         "vllm_over_ttft": ratio(secs.get("vllm"), secs.get("ttft")),
@@ -314,8 +294,6 @@ def text(result: dict[str, Any]) -> str:
         )
     for key, t in result["targets"].items():
         lines.append(f"  {key}: {t['value']}x (target >= {t['target']}x: {t['verdict']})")
-    if result.get("single_call_vs_ttft"):
-        lines.append(f"  one call instead of ttft's per-max_tokens calls: {result['single_call_vs_ttft']}x")
     if result.get("load_warning"):
         lines.append(f"  WARNING: {result['load_warning']}")
     return "\n".join(lines)
@@ -324,11 +302,12 @@ def text(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--adapter-steps", type=int, default=8)
+    p.add_argument("--max-loras", type=int, help="vLLM LoRA slots per batch (default: the smoke config's)")
     p.add_argument("--limit", type=int, default=None, help="only the first N smoke tasks")
-    p.add_argument("--alternatives", default="peft,vllm,ttft,single")
+    p.add_argument("--alternatives", default="peft,vllm,ttft")
     p.add_argument("--out", default=str(RESULTS / "inference.json"))
     args = p.parse_args(argv)
-    run(args.adapter_steps, Path(args.out), args.limit, args.alternatives)
+    run(args.adapter_steps, Path(args.out), args.limit, args.alternatives, args.max_loras)
     return 0
 
 

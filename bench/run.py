@@ -105,7 +105,6 @@ def summarize(runs: dict[str, dict[str, Any]], total_s: float, info: dict[str, A
             "tokens_per_s": {k: v["tokens_per_s"] for k, v in inf["alternatives"].items()},
             "output_tokens": {k: v["output_tokens"] for k, v in inf["alternatives"].items()},
             "engine_start_s": inf.get("engine_start_s"),
-            "single_call_vs_ttft": inf.get("single_call_vs_ttft"),
             "prompts": inf.get("prompts"),
         }
     if reg:
@@ -170,11 +169,6 @@ def markdown(summary: dict[str, Any]) -> str:
         ]
         for k, v in i["tokens_per_s"].items():
             lines.append(f"| {k} | {i['output_tokens'][k]} | {v} |")
-        if i.get("single_call_vs_ttft"):
-            lines.append(
-                f"\nOne llm.generate call instead of ttft's one per max_tokens value: "
-                f"{i['single_call_vs_ttft']}x ttft's tokens/s."
-            )
     if "registry" in d:
         lines += [
             "",

@@ -97,6 +97,22 @@ def trial(params: dict[str, Any], base: dict[str, Any], tasks: list, want_accura
     }
 
 
+def tracking_callbacks(cfg: Any) -> list:
+    """Ray Tune's own MLflow / W&B loggers when ``tracking.backend`` is set: one tracked run per trial."""
+    t = cfg.tracking
+    if t.backend == "mlflow":
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        from ttft.tracking import mlflow_uri
+
+        return [MLflowLoggerCallback(tracking_uri=mlflow_uri(t), experiment_name=f"{t.project}-sweep")]
+    if t.backend == "wandb":
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        return [WandbLoggerCallback(project=f"{t.project}-sweep", dir=t.uri)]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser("python -m jobs.sweep", __doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=8, help="Tune samples of the search space")
@@ -129,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             metric=args.metric, mode=mode, num_samples=args.trials, max_concurrent_trials=args.concurrent
         ),
         run_config=tune.RunConfig(
-            name=f"{cfg.name}-sweep", storage_path=str(out.resolve() / "tune"), verbose=1
+            name=f"{cfg.name}-sweep",
+            storage_path=str(out.resolve() / "tune"),
+            verbose=1,
+            callbacks=tracking_callbacks(cfg),
         ),
     )
     results = tuner.fit()

@@ -174,6 +174,10 @@ def test_tune_sweep_of_two_trials(tiny_model_dir, tmp_path):
             "2",
             "--space",
             json.dumps({"ttft.optim.lr": ["loguniform", 1e-4, 1e-2], "ttft.optim.steps": ["choice", [2, 3]]}),
+            "--set",
+            "tracking.backend=mlflow",
+            "--set",
+            f"tracking.uri={tmp_path / 'mlruns'}",
         ]
     )
     assert "Best config" in proc.stdout
@@ -181,3 +185,9 @@ def test_tune_sweep_of_two_trials(tiny_model_dir, tmp_path):
     assert table.count("\n| ") >= 3  # header + 2 trials
     best = json.loads((tmp_path / "smoke-sweep" / "best.json").read_text())
     assert best["metrics"]["val_loss"] > 0
+    from mlflow.tracking import MlflowClient  # tracking on: one MLflow run per trial, with its metric
+
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    tracked = client.search_runs([client.get_experiment_by_name("ttft-sweep").experiment_id])
+    assert len(tracked) == 2 and all(r.data.metrics["val_loss"] > 0 for r in tracked)
+    assert {r.data.params["ttft.optim.steps"] for r in tracked} <= {"2", "3"}

@@ -149,6 +149,16 @@ def test_adapter_ids_stable_and_validated(vllm_engine, adapters: dict[str, Path]
         vllm_engine.generate([GenRequest(prompt, str(tmp_path), "test_vllm_engine/empty")], max_tokens=4)
 
 
+def test_per_request_max_tokens_in_one_call_match_separate_calls(vllm_engine):
+    limits = [2, MAX_TOKENS, 5]
+    together = vllm_engine.generate([GenRequest(p) for p in PROMPTS[:3]], max_tokens=limits)
+    for prompt, limit, [got] in zip(PROMPTS, limits, together):
+        [[alone]] = vllm_engine.generate([GenRequest(prompt)], max_tokens=limit)
+        assert got.n_tokens <= limit and (got.text, got.n_tokens) == (alone.text, alone.n_tokens)
+    with pytest.raises(ValueError, match="2 values for 3 requests"):
+        vllm_engine.generate([GenRequest(p) for p in PROMPTS[:3]], max_tokens=[4, 4])
+
+
 def test_sampling_n_and_arguments(vllm_engine):
     [results] = vllm_engine.generate([GenRequest(PROMPTS[2])], max_tokens=6, n=3, temperature=1.0)
     assert len(results) == 3

@@ -538,8 +538,9 @@ def _draw_pair(
     used: list[Grid],
     allowed: set[int] | None = None,
     rivals: Sequence[Rule] = (),
+    max_side: int = MAX_INPUT_SIDE,
 ) -> Pair:
-    hi = rule.max_input_side
+    hi = min(rule.max_input_side, max_side)
     for _ in range(MAX_PAIR_ATTEMPTS):
         grid = random_grid(rng, rng.randint(MIN_SIDE, hi), rng.randint(MIN_SIDE, hi), palette)
         if grid in used or (allowed is not None and not _grid_colors(grid) <= allowed):
@@ -551,7 +552,12 @@ def _draw_pair(
 
 
 def generate_task(
-    rule: Rule, rng: random.Random, n_train: int = 3, n_test: int = 1, task_id: str = "gen-task"
+    rule: Rule,
+    rng: random.Random,
+    n_train: int = 3,
+    n_test: int = 1,
+    task_id: str = "gen-task",
+    max_side: int = MAX_INPUT_SIDE,
 ) -> Task:
     """One task of the rule with test outputs filled; every pair demonstrates the rule (``demonstrates``),
     inputs are distinct, the fate of every test input color is shown by the train pairs (module docstring),
@@ -564,7 +570,7 @@ def generate_task(
     used: list[Grid] = []
     train = []
     for _ in range(n_train):
-        train.append(_draw_pair(rule, rng, palette, used, None))
+        train.append(_draw_pair(rule, rng, palette, used, None, max_side=max_side))
         used.append(train[-1].input)
     in_colors = set().union(*(_grid_colors(p.input) for p in train))
     out_colors = set().union(*(_grid_colors(p.output) for p in train))
@@ -572,7 +578,7 @@ def generate_task(
     rivals = [r for r in neighbors(rule) if all(r.apply(p.input) == p.output for p in train)]
     tests = []
     for _ in range(n_test):
-        tests.append(_draw_pair(rule, rng, palette, used, seen, rivals))
+        tests.append(_draw_pair(rule, rng, palette, used, seen, rivals, max_side=max_side))
         used.append(tests[-1].input)
     task = Task(task_id, tuple(train), tuple(p.input for p in tests), tuple(p.output for p in tests))
     validate_task(task)
@@ -592,12 +598,17 @@ def rule_of(task_id: str) -> Rule:
     return rule_from_key(m[3])
 
 
-def generate_tasks_with_rules(split: str, n: int, seed: int) -> list[tuple[Task, Rule]]:
-    """``n`` (task, rule) pairs of the split, deterministic for (split, seed); task i (1-based) depends only
-    on (split, seed, i), so a shorter run is a prefix of a longer one. 3 or 4 train pairs, 1 test."""
+def generate_tasks_with_rules(
+    split: str, n: int, seed: int, max_side: int = MAX_INPUT_SIDE
+) -> list[tuple[Task, Rule]]:
+    """``n`` (task, rule) pairs of the split, deterministic for (split, seed, max_side); task i (1-based)
+    depends only on those and i, so a shorter run is a prefix of a longer one. 3 or 4 train pairs, 1 test.
+    ``max_side`` (MIN_SIDE..MAX_INPUT_SIDE) caps the input sides (smaller grids: shorter prompts)."""
     _check_split(split)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if not MIN_SIDE <= max_side <= MAX_INPUT_SIDE:
+        raise ValueError(f"max_side must be in {MIN_SIDE}..{MAX_INPUT_SIDE}, got {max_side}")
     out = []
     for i in range(1, n + 1):
         rng = random.Random(f"ttft.generate/{split}/{seed}/{i}")  # str seeds hash with sha512: stable
@@ -606,7 +617,12 @@ def generate_tasks_with_rules(split: str, n: int, seed: int) -> list[tuple[Task,
             n_train = rng.choice((3, 4))
             try:
                 task = generate_task(
-                    rule, rng, n_train=n_train, n_test=1, task_id=task_id_for(split, i, rule)
+                    rule,
+                    rng,
+                    n_train=n_train,
+                    n_test=1,
+                    task_id=task_id_for(split, i, rule),
+                    max_side=max_side,
                 )
                 break
             except GenerationError:
@@ -617,9 +633,10 @@ def generate_tasks_with_rules(split: str, n: int, seed: int) -> list[tuple[Task,
     return out
 
 
-def generate_tasks(split: str, n: int, seed: int) -> list[Task]:
-    """``n`` generated tasks of the split, deterministic for (split, seed); see generate_tasks_with_rules."""
-    return [task for task, _ in generate_tasks_with_rules(split, n, seed)]
+def generate_tasks(split: str, n: int, seed: int, max_side: int = MAX_INPUT_SIDE) -> list[Task]:
+    """``n`` generated tasks of the split, deterministic for (split, seed, max_side); see
+    generate_tasks_with_rules."""
+    return [task for task, _ in generate_tasks_with_rules(split, n, seed, max_side)]
 
 
 def write_tasks(tasks: Sequence[Task], directory: str | Path) -> list[Path]:

@@ -108,26 +108,16 @@ def build_prompts(
 
 
 def generate(engine, prompts: Sequence[Prompt], cfg: InferenceConfig) -> list[list]:
-    """One engine pass over all prompts (grouped by max_tokens, the only per-request sampling knob)."""
+    """One engine call over all prompts: every adapter, augmentation and per-prompt max_tokens together."""
     from ttft.vllm_engine import GenRequest
 
-    results: list[list] = [[] for _ in prompts]
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_len.setdefault(p.max_tokens, []).append(i)
-    for max_tokens, idx in sorted(by_len.items()):
-        reqs = [
-            GenRequest(
-                prompts[i].text,
-                prompts[i].adapter.path if prompts[i].adapter else None,
-                prompts[i].adapter.key if prompts[i].adapter else None,
-            )
-            for i in idx
-        ]
-        outs = engine.generate(reqs, max_tokens=max_tokens, n=cfg.n, temperature=cfg.temperature)
-        for i, out in zip(idx, outs):
-            results[i] = out
-    return results
+    reqs = [
+        GenRequest(p.text, p.adapter.path if p.adapter else None, p.adapter.key if p.adapter else None)
+        for p in prompts
+    ]
+    return engine.generate(
+        reqs, max_tokens=[p.max_tokens for p in prompts], n=cfg.n, temperature=cfg.temperature
+    )
 
 
 def collect(

@@ -45,7 +45,7 @@ from ttft.finetune import collate, encode_sample, lr_lambda, peft_lora_config
 from ttft.samples import Sample, train_samples
 from ttft.tasks import Pair, Task, load_tasks
 
-GENERATED_RE = re.compile(r"^generated:(train|eval):(\d+):(-?\d+)$")
+GENERATED_RE = re.compile(r"^generated:(train|eval):(\d+):(-?\d+)(?::(\d+))?$")
 STATE_FILE = "train_state.pt"
 SUMMARY_FILE = "pretrain.json"
 CHECKPOINT_FORMAT = 1
@@ -91,10 +91,14 @@ def _check_pretrain(p: PretrainConfig) -> None:
         raise ConfigError(f"pretrain.torch_threads: must be >= 1, got {p.torch_threads}")
     if p.max_failures < -1:
         raise ConfigError(f"pretrain.max_failures: must be >= -1 (-1: unlimited), got {p.max_failures}")
-    if p.data.startswith("generated:") and not GENERATED_RE.match(p.data):
+    m = GENERATED_RE.match(p.data)
+    if p.data.startswith("generated:") and not m:
         raise ConfigError(
-            f"pretrain.data: {p.data!r}: expected generated:SPLIT:N:SEED, e.g. generated:train:200:0"
+            f"pretrain.data: {p.data!r}: expected generated:SPLIT:N:SEED[:MAX_SIDE], "
+            "e.g. generated:train:200:0"
         )
+    if m and m[4] and not 3 <= int(m[4]) <= 8:
+        raise ConfigError(f"pretrain.data: {p.data!r}: MAX_SIDE must be in 3..8, got {m[4]}")
 
 
 def pretrain_config_from_dict(data: dict[str, Any]) -> tuple[RunConfig, PretrainConfig]:
@@ -141,7 +145,8 @@ def output_paths(cfg: RunConfig, pcfg: PretrainConfig) -> tuple[str, str]:
 def load_pretrain_tasks(pcfg: PretrainConfig) -> tuple[list[Task], list[str]]:
     """The training tasks of `pcfg.data` and one-line reasons for the invalid ones (skipped).
 
-    ``generated:SPLIT:N:SEED`` draws N tasks from ``ttft.generate``; anything else goes to ``load_tasks``.
+    ``generated:SPLIT:N:SEED[:MAX_SIDE]`` draws N tasks from ``ttft.generate`` (input sides capped at
+    MAX_SIDE, default 8); anything else goes to ``load_tasks``.
     ``limit`` and ``max_side`` select as in ``load_tasks``. Raises ValueError when no task is left.
     """
     m = GENERATED_RE.match(pcfg.data)
@@ -149,7 +154,7 @@ def load_pretrain_tasks(pcfg: PretrainConfig) -> tuple[list[Task], list[str]]:
     if m:
         from ttft.generate import generate_tasks
 
-        tasks = generate_tasks(m[1], int(m[2]), int(m[3]))
+        tasks = generate_tasks(m[1], int(m[2]), int(m[3]), *([int(m[4])] if m[4] else []))
         if pcfg.max_side is not None:
             tasks = [t for t in tasks if t.max_side() <= pcfg.max_side]
         if pcfg.limit is not None:

@@ -111,16 +111,22 @@ def _artifact_files(run: TrackedRun) -> list[Path]:
     return sorted(p for p in run.files.rglob("*") if p.is_file())
 
 
+def mlflow_uri(cfg: TrackingConfig) -> str | None:
+    """The MLflow tracking URI of `cfg` (a plain path becomes a file: URI, MLflow's file store, which
+    MLflow 3 only opens with MLFLOW_ALLOW_FILE_STORE: set here, as the config asked for it)."""
+    uri = cfg.uri
+    if uri and "://" not in uri and not uri.startswith("file:"):
+        uri = Path(uri).resolve().as_uri()
+    if uri and uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return uri
+
+
 def _log_mlflow(cfg: TrackingConfig, run: TrackedRun) -> str:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    uri = cfg.uri
-    if uri and "://" not in uri and not uri.startswith("file:"):
-        uri = Path(uri).resolve().as_uri()  # a plain path: MLflow's file store
-    if uri and uri.startswith("file:"):
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # asked for explicitly by the config
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=mlflow_uri(cfg))
     exp = client.get_experiment_by_name(cfg.project)
     exp_id = exp.experiment_id if exp else client.create_experiment(cfg.project)
     mrun = client.create_run(exp_id, run_name=run.name)

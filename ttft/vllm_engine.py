@@ -176,20 +176,24 @@ class VllmEngine:
         self,
         requests: Sequence[GenRequest],
         *,
-        max_tokens: int,
+        max_tokens: int | Sequence[int],
         n: int = 1,
         temperature: float = 0.0,
     ) -> list[list[GenResult]]:
         """Generate ``n`` completions per request in ONE ``llm.generate`` call; results in request order.
 
-        Each prompt runs with its own LoRA adapter (a stable int id per ``adapter_name``). ``logprob`` is
-        the cumulative log-prob of the sampled tokens (vLLM's raw log-probs).
+        Each prompt runs with its own LoRA adapter (a stable int id per ``adapter_name``) and its own
+        ``max_tokens`` when a sequence is given (one per request). ``logprob`` is the cumulative log-prob
+        of the sampled tokens (vLLM's raw log-probs).
         """
         from vllm import SamplingParams
 
         if self._llm is None:
             raise RuntimeError("VllmEngine is closed")
-        if max_tokens < 1 or n < 1:
+        limits = [max_tokens] * len(requests) if isinstance(max_tokens, int) else list(max_tokens)
+        if len(limits) != len(requests):
+            raise ValueError(f"max_tokens has {len(limits)} values for {len(requests)} requests")
+        if n < 1 or any(m < 1 for m in limits):
             raise ValueError(f"max_tokens and n must be >= 1, got max_tokens={max_tokens}, n={n}")
         if n > 1 and temperature == 0.0:
             raise ValueError(f"n={n} needs temperature > 0: greedy decoding gives one completion per prompt")
@@ -202,7 +206,8 @@ class VllmEngine:
             # it). Such requests run with an all-zero adapter instead, which leaves the base model unchanged.
             zero = self._lora_request(GenRequest("", str(self._zero_adapter()), ZERO_ADAPTER))
             loras = [zero if x is None else x for x in loras]
-        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, logprobs=0)
+        by_limit = {m: SamplingParams(n=n, temperature=temperature, max_tokens=m, logprobs=0) for m in limits}
+        params = [by_limit[m] for m in limits]
         outputs = self._llm.generate(
             [r.prompt for r in requests],
             params,
