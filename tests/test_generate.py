@@ -228,6 +228,18 @@ def test_deterministic_for_a_seed():
     assert [json.dumps(t.to_json()) + t.id for t in generate_tasks("train", 10, 0)] == a[:10]  # prefix
 
 
+def test_max_side_caps_inputs_and_default_is_unchanged():
+    small = generate_tasks_with_rules("eval", 25, 3, max_side=4)
+    for task, rule in small:
+        validate_task(task)
+        inputs = [p.input for p in task.train] + list(task.test_inputs)
+        assert all(G.MIN_SIDE <= len(g) <= 4 and len(g[0]) <= 4 for g in inputs)
+        assert all(rule.apply(p.input) == p.output for p in task.train)
+    assert generate_tasks("train", 5, 0, max_side=G.MAX_INPUT_SIDE) == generate_tasks("train", 5, 0)
+    with pytest.raises(ValueError, match="max_side must be in 3..8"):
+        generate_tasks("train", 1, 0, max_side=2)
+
+
 def test_generated_tasks_valid_and_rule_maps_every_pair(generated):
     for task, rule, split in generated:
         validate_task(task)

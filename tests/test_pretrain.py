@@ -73,6 +73,7 @@ def test_tiny_config_loads_and_overrides_apply():
         ({"checkpoint_every": "often"}, "pretrain.checkpoint_every: expected int, got str"),
         ({"nope": 1}, "pretrain.nope: unknown key"),
         ({"data": "generated:train:ten:0"}, "expected generated:SPLIT:N:SEED"),
+        ({"data": "generated:train:10:0:9"}, "MAX_SIDE must be in 3..8, got 9"),
     ],
 )
 def test_bad_pretrain_section_names_the_key(section, message):
@@ -96,6 +97,10 @@ def test_generated_source_and_selection():
     assert all(t.id.startswith("gen-train-") for t in tasks)
     with pytest.raises(ValueError, match="no valid task"):
         load_pretrain_tasks(PretrainConfig(data="generated:train:3:0", max_side=1))
+    small, _ = load_pretrain_tasks(PretrainConfig(data="generated:train:6:1:4"))  # input sides <= 4
+    assert all(
+        max(len(g), len(g[0])) <= 4 for t in small for g in [p.input for p in t.train] + list(t.test_inputs)
+    )
 
 
 def test_training_view_appends_known_test_pairs():

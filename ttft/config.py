@@ -138,7 +138,7 @@ class InferenceConfig:
     temperature: float = 0.0
     max_tokens: int | None = None  # None: bounded from the 30x30 grid limit and the task's grids
     max_model_len: int = 4096
-    max_loras: int = 4
+    max_loras: int = 16  # LoRA slots per batch; more adapters wait for a slot (bench/inference)
     max_cpu_loras: int | None = None
     gpu_memory_utilization: float | None = None
     engines: int | None = None  # vLLM engines (one per GPU); None: one per GPU, or 1 on CPU
