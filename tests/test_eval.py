@@ -87,9 +87,10 @@ def test_eval_writes_every_artifact_and_scores_consistently(runs):
     assert summary["val_loss_after"] < summary["val_loss_before"]
 
 
-def test_eval_logs_the_run_to_mlflow_when_configured(runs):
+def test_eval_logs_the_run_to_mlflow_when_configured(runs, monkeypatch):
     from mlflow.tracking import MlflowClient
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 opens its file store only with this
     out, procs = runs
     assert "tracked: mlflow run" in procs["n-1_geometric_color"].stdout
     assert "tracked:" not in procs["baseline"].stdout  # off by default
@@ -155,7 +156,7 @@ def test_compare_prints_the_seed_table(runs):
     assert (out / "compare.png").stat().st_size > 1000
 
 
-def test_tune_sweep_of_two_trials(tiny_model_dir, tmp_path):
+def test_tune_sweep_of_two_trials(tiny_model_dir, tmp_path, monkeypatch):
     proc = run(
         [
             "-m",
@@ -187,6 +188,7 @@ def test_tune_sweep_of_two_trials(tiny_model_dir, tmp_path):
     assert best["metrics"]["val_loss"] > 0
     from mlflow.tracking import MlflowClient  # tracking on: one MLflow run per trial, with its metric
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
     tracked = client.search_runs([client.get_experiment_by_name("ttft-sweep").experiment_id])
     assert len(tracked) == 2 and all(r.data.metrics["val_loss"] > 0 for r in tracked)

@@ -72,8 +72,10 @@ def test_payload_flattens_the_config_and_keeps_finite_numbers(tmp_path):
     assert "accuracy" not in nan.metrics and "oracle" not in nan.metrics
 
 
-def test_mlflow_file_store_gets_params_metrics_curves_and_files(tmp_path):
+def test_mlflow_file_store_gets_params_metrics_curves_and_files(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # log_run sets it for a path uri
 
     store = tmp_path / "mlruns"
     where = log_run(TrackingConfig(backend="mlflow", project="canary", uri=str(store)), _payload(tmp_path))
