@@ -42,6 +42,7 @@ from ttft.config import (
     config_from_dict,
 )
 from ttft.finetune import collate, encode_sample, lr_lambda, peft_lora_config
+from ttft.generate import MAX_INPUT_SIDE, MIN_SIDE, generate_tasks
 from ttft.samples import Sample, train_samples
 from ttft.tasks import Pair, Task, load_tasks
 
@@ -97,8 +98,10 @@ def _check_pretrain(p: PretrainConfig) -> None:
             f"pretrain.data: {p.data!r}: expected generated:SPLIT:N:SEED[:MAX_SIDE], "
             "e.g. generated:train:200:0"
         )
-    if m and m[4] and not 3 <= int(m[4]) <= 8:
-        raise ConfigError(f"pretrain.data: {p.data!r}: MAX_SIDE must be in 3..8, got {m[4]}")
+    if m and m[4] and not MIN_SIDE <= int(m[4]) <= MAX_INPUT_SIDE:
+        raise ConfigError(
+            f"pretrain.data: {p.data!r}: MAX_SIDE must be in {MIN_SIDE}..{MAX_INPUT_SIDE}, got {m[4]}"
+        )
 
 
 def pretrain_config_from_dict(data: dict[str, Any]) -> tuple[RunConfig, PretrainConfig]:
@@ -152,9 +155,7 @@ def load_pretrain_tasks(pcfg: PretrainConfig) -> tuple[list[Task], list[str]]:
     m = GENERATED_RE.match(pcfg.data)
     errors: list[str] = []
     if m:
-        from ttft.generate import generate_tasks
-
-        tasks = generate_tasks(m[1], int(m[2]), int(m[3]), *([int(m[4])] if m[4] else []))
+        tasks = generate_tasks(m[1], int(m[2]), int(m[3]), int(m[4]) if m[4] else MAX_INPUT_SIDE)
         if pcfg.max_side is not None:
             tasks = [t for t in tasks if t.max_side() <= pcfg.max_side]
         if pcfg.limit is not None:
