@@ -50,6 +50,15 @@ class CpuMonitor:
         other = (busy - self.busy0) - (_own_s() - self.own0)
         return round(max(0.0, other) / max(1e-9, wall * (os.cpu_count() or 1)), 3)
 
+    def load_fields(self, start_loadavg: list[float] | tuple[float, ...]) -> dict[str, Any]:
+        """A result's load record: load average at the end, other processes' CPU share, the warning."""
+        share = self.others_share()
+        return {
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            "cpu_others_share": share,
+            "load_warning": load_warning(start_loadavg, share),
+        }
+
 
 def _busy_s() -> float | None:
     try:

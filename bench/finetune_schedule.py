@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS, ROOT, CpuMonitor, load_warning, machine, quiet_hf, ratio, verdict, write_json
+from bench import RESULTS, ROOT, CpuMonitor, machine, quiet_hf, ratio, verdict, write_json
 
 SMOKE = ROOT / "jobs" / "configs" / "smoke.yaml"
 SOURCE, MAX_SIDE = "arc1/evaluation", 8
@@ -277,9 +277,7 @@ def run(
             "verdict": verdict(result["ray_vs_reload"], TARGET_VS_RELOAD),
         },
     }
-    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    result["cpu_others_share"] = monitor.others_share()
-    result["load_warning"] = load_warning(info["loadavg"], result["cpu_others_share"])
+    result.update(monitor.load_fields(info["loadavg"]))
     print(text(result))
     if out is not None:
         write_json(out, result)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import random
 import statistics
 import sys
@@ -25,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS, CpuMonitor, load_warning, machine, verdict, write_json
+from bench import RESULTS, CpuMonitor, machine, verdict, write_json
 
 TARGET_EXISTS_S = 1.0
 N_PROBE = 400
@@ -295,9 +294,7 @@ def run(
         "value_s": result["registry_exists_400_s"],
         "verdict": verdict(result["registry_exists_400_s"], TARGET_EXISTS_S, True),
     }
-    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    result["cpu_others_share"] = monitor.others_share()
-    result["load_warning"] = load_warning(info["loadavg"], result["cpu_others_share"])
+    result.update(monitor.load_fields(info["loadavg"]))
     print(
         f"registry: exists({N_PROBE} keys) at {rows} rows, worst backend cold: "
         f"{result['registry_exists_400_s']}s (target < {TARGET_EXISTS_S}s: {result['target']['verdict']})"

@@ -78,16 +78,21 @@ def _path(p: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------- pretrain
 
 
-def build_init_model(cfg: CanaryConfig, out: Path) -> Path:
-    """The random-init tiny model the pretraining starts from (rebuilt when its recipe changed)."""
-    from ttft.model import init_tiny_model
-
-    recipe = {
+def init_recipe(cfg: CanaryConfig) -> dict[str, Any]:
+    """What the random-init tiny model is built from."""
+    return {
         "hidden_size": cfg.hidden_size,
         "layers": cfg.layers,
         "intermediate_size": cfg.intermediate_size,
         "seed": cfg.model_seed,
     }
+
+
+def build_init_model(cfg: CanaryConfig, out: Path) -> Path:
+    """The random-init tiny model the pretraining starts from (rebuilt when its recipe changed)."""
+    from ttft.model import init_tiny_model
+
+    recipe = init_recipe(cfg)
     d = out / "init-model"
     stamp = d / "canary-init.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == recipe:
@@ -116,12 +121,7 @@ def pretrain_recipe(cfg: CanaryConfig, overrides: list[str]) -> dict[str, Any]:
     """Everything the pretrained model depends on: init model, the pretrain config, the overrides."""
     rcfg, pcfg = load_pretrain(cfg, overrides)
     return {
-        "init": {
-            "hidden_size": cfg.hidden_size,
-            "layers": cfg.layers,
-            "intermediate_size": cfg.intermediate_size,
-            "seed": cfg.model_seed,
-        },
+        "init": init_recipe(cfg),
         "ttft": asdict(rcfg.ttft),
         "pretrain": {k: v for k, v in asdict(pcfg).items() if k not in ("output", "storage")},
     }
