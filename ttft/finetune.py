@@ -7,6 +7,7 @@ safetensors, and unloads the LoRA so the next job starts from the untouched base
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -151,6 +152,35 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, device:
     }
 
 
+def train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    batches: Sequence[dict],
+    max_grad_norm: float,
+) -> float:
+    """The one training step of TTFT and pretraining: one optimizer step over `batches` (gradient
+    accumulation, clipping, scheduler step); returns the mean loss (this rank's, under DDP).
+
+    `model` may be DDP-wrapped: gradients are synchronised on the last micro-batch only.
+    """
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        ctx = model.no_sync() if (not last and hasattr(model, "no_sync")) else contextlib.nullcontext()
+        with ctx:
+            loss = model(**batch).loss / len(batches)
+            loss.backward()
+        total += float(loss.detach())
+    params = [p for p in model.parameters() if p.requires_grad]
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    sched.step()
+    return total
+
+
 def _peak_mem_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -241,23 +271,16 @@ class Finetuner:
             for _ in range(steps):
                 if job.max_seconds is not None and time.perf_counter() - t0 > job.max_seconds:
                     break
-                opt.zero_grad(set_to_none=True)
-                step_loss = 0.0
+                batches = []
                 for _ in range(o.grad_accum):
                     if len(order) < o.batch_size:
                         epoch = list(samples)
                         rng.shuffle(epoch)
                         order += epoch
                     batch_samples, order = order[: o.batch_size], order[o.batch_size :]
-                    batch = self._batch(batch_samples)
-                    loss = model(**batch).loss / o.grad_accum
-                    loss.backward()
-                    step_loss += loss.item()
-                    tokens += int(batch["attention_mask"].sum())
-                torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm)
-                opt.step()
-                sched.step()
-                losses.append(step_loss)
+                    batches.append(self._batch(batch_samples))
+                    tokens += int(batches[-1]["attention_mask"].sum())
+                losses.append(train_step(model, opt, sched, batches, o.max_grad_norm))
                 done += 1
             train_seconds = time.perf_counter() - t_train
             val_after = self.target_loss(model, vals)

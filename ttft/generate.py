@@ -64,6 +64,7 @@ from ttft.augment import D8, apply_d8
 from ttft.tasks import Grid, Pair, Task, check_task_id, grid_problem, validate_task
 
 SPLITS = ("train", "eval")
+FAMILIES = ("mixed", "canary")  # the task families ``generate_tasks`` draws from
 MIN_SIDE = 3
 MAX_INPUT_SIDE = 8
 MAX_SCALED_SIDE = 12  # scale-k inputs are at most MAX_SCALED_SIDE // k per side
@@ -74,7 +75,12 @@ ATOM_FRACTION = 0.5  # share of generated tasks whose rule is one atom (the rest
 MAX_PAIR_ATTEMPTS = 200
 MAX_RULE_ATTEMPTS = 20
 GRAVITY_DIRECTIONS = ("down", "up", "left", "right")
-_ID_RE = re.compile(r"^gen-(train|eval)-(\d{5,})-(.+)$")
+# The canary family (section "canary" below): colour-map atoms on a fixed layout.
+CANARY_SIDE = 3  # every grid is CANARY_SIDE x CANARY_SIDE
+CANARY_TRAIN_PAIRS = 3  # demonstration pairs per task (plus one test pair)
+CANARY_PALETTE_SIZES = (2, 3)  # colours per task, the rule's source colours included
+CANARY_DENSITY = (0.25, 0.6)  # each cell is non-zero with a probability drawn per grid from U(lo, hi)
+_ID_RE = re.compile(r"^gen-(?:(canary)-)?(train|eval)-(\d{5,})-(.+)$")
 
 
 class GenerationError(RuntimeError):
@@ -585,9 +591,102 @@ def generate_task(
     return task
 
 
-def task_id_for(split: str, index: int, rule: Rule) -> str:
-    """``gen-<split>-<index:05d>-<rule key>``."""
-    return f"gen-{split}-{index:05d}-{rule.key}"
+# ------------------------------------------------------------------------------------------------ canary
+
+
+@lru_cache(maxsize=1)
+def _canary_atoms() -> tuple[ColorMap, ...]:
+    return tuple(a for a in _atoms() if isinstance(a, ColorMap))
+
+
+@lru_cache(maxsize=256)
+def _table(rule: ColorMap) -> tuple[int, ...]:
+    table = list(range(10))
+    for s, d in rule.mapping:
+        table[s] = d
+    return tuple(table)
+
+
+@lru_cache(maxsize=2)
+def canary_rules(split: str) -> tuple[ColorMap, ...]:
+    """The canary family's rules of a split, sorted by key: the 36 swaps a<->b and 72 substitutions a->b
+    over colours 1..9, a quarter held out for "eval" by key hash (``split_of``, the same partition as the
+    mixed family's colour-map atoms)."""
+    _check_split(split)
+    return tuple(sorted((r for r in _canary_atoms() if split_of(r) == split), key=lambda r: r.key))
+
+
+def _canary_grid(rng: random.Random, palette: Sequence[int], must: int) -> Grid:
+    """CANARY_SIDE x CANARY_SIDE; each cell non-zero with a probability drawn from CANARY_DENSITY, its
+    colour uniform in ``palette``; holds ``must`` (one random cell is set to it when the draw missed it)."""
+    p = rng.uniform(*CANARY_DENSITY)
+    cells = [rng.choice(palette) if rng.random() < p else 0 for _ in range(CANARY_SIDE * CANARY_SIDE)]
+    if must not in cells:
+        cells[rng.randrange(len(cells))] = must
+    return [cells[r * CANARY_SIDE : (r + 1) * CANARY_SIDE] for r in range(CANARY_SIDE)]
+
+
+def canary_rival(rule: ColorMap, train: Sequence[Pair], test_inputs: Sequence[Grid]) -> ColorMap | None:
+    """Another canary atom that fits every train pair but maps some test input differently, or None."""
+    seen: dict[int, int] = {}
+    for pair in train:
+        for row_in, row_out in zip(pair.input, pair.output):
+            for a, b in zip(row_in, row_out):
+                seen[a] = b
+    test_colors = set().union(*(_grid_colors(g) for g in test_inputs))
+    mine = _table(rule)
+    for other in _canary_atoms():
+        t = _table(other)
+        if other != rule and all(t[a] == b for a, b in seen.items()):
+            if any(t[c] != mine[c] for c in test_colors):
+                return other
+    return None
+
+
+def generate_canary_task(rule: ColorMap, rng: random.Random, task_id: str = "gen-task") -> Task:
+    """One canary task: CANARY_TRAIN_PAIRS demonstrations + 1 test, every grid CANARY_SIDE square.
+
+    The palette is the rule's source colours plus random others (CANARY_PALETTE_SIZES colours in all);
+    every input holds the rule's first source colour (so output != input) and inputs are distinct; every
+    test input colour appears in a demonstration input; a draw where another colour-map atom fits every
+    demonstration but gives another test output (``canary_rival``) is rejected. Raises GenerationError.
+    """
+    check_task_id(task_id)
+    if not isinstance(rule, ColorMap):
+        raise ValueError(f"task {task_id}: canary rules are colour maps, got {rule.key!r}")
+    sources = list(rule.colors)
+    size = max(len(sources), rng.choice(CANARY_PALETTE_SIZES))
+    palette = sources + rng.sample([c for c in range(1, 10) if c not in sources], size - len(sources))
+    for _ in range(MAX_RULE_ATTEMPTS):
+        inputs: list[Grid] = []
+        for i in range(CANARY_TRAIN_PAIRS + 1):
+            colors = palette if i < CANARY_TRAIN_PAIRS else sorted(set().union(*map(_grid_colors, inputs)))
+            for _ in range(MAX_PAIR_ATTEMPTS):
+                grid = _canary_grid(rng, colors, sources[0])
+                if grid not in inputs:
+                    inputs.append(grid)
+                    break
+            else:
+                raise GenerationError(f"rule {rule.key}: no new input in {MAX_PAIR_ATTEMPTS} attempts")
+        train = tuple(Pair(g, rule.apply(g)) for g in inputs[:-1])
+        if canary_rival(rule, train, inputs[-1:]) is None:
+            return Task(task_id, train, (inputs[-1],), (rule.apply(inputs[-1]),))
+    raise GenerationError(f"rule {rule.key}: every draw was ambiguous ({MAX_RULE_ATTEMPTS} tries)")
+
+
+# ----------------------------------------------------------------------------------------- task sets
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+
+def task_id_for(split: str, index: int, rule: Rule, family: str = "mixed") -> str:
+    """``gen-<split>-<index:05d>-<rule key>`` (mixed family), ``gen-canary-<split>-...`` (canary)."""
+    _check_family(family)
+    prefix = "gen" if family == "mixed" else f"gen-{family}"
+    return f"{prefix}-{split}-{index:05d}-{rule.key}"
 
 
 def rule_of(task_id: str) -> Rule:
@@ -595,48 +694,67 @@ def rule_of(task_id: str) -> Rule:
     m = _ID_RE.match(task_id) if isinstance(task_id, str) else None
     if m is None:
         raise ValueError(f"task {task_id!r}: not a generated task id (gen-<split>-<index>-<rule key>)")
-    return rule_from_key(m[3])
+    return rule_from_key(m[4])
+
+
+def generated_task(
+    split: str, seed: int, index: int, family: str = "mixed", max_side: int = MAX_INPUT_SIDE
+) -> tuple[Task, Rule]:
+    """Task ``index`` (>= 1) of (family, split, seed) and its rule; depends only on these and ``max_side``
+    (mixed family: 3 or 4 train pairs, 1 test; canary: see ``generate_canary_task``)."""
+    if family == "canary":
+        rng = random.Random(f"ttft.generate/canary/{split}/{seed}/{index}")  # str seeds: sha512, stable
+        rules = canary_rules(split)
+        for _ in range(MAX_RULE_ATTEMPTS):
+            rule = rng.choice(rules)
+            try:
+                return generate_canary_task(rule, rng, task_id_for(split, index, rule, family)), rule
+            except GenerationError:
+                continue
+        raise GenerationError(
+            f"canary {split} task {index}: no rule gave a task in {MAX_RULE_ATTEMPTS} tries"
+        )
+    _check_family(family)
+    rng = random.Random(f"ttft.generate/{split}/{seed}/{index}")
+    for _ in range(MAX_RULE_ATTEMPTS):
+        rule = sample_rule(split, rng)
+        n_train = rng.choice((3, 4))
+        try:
+            task = generate_task(
+                rule,
+                rng,
+                n_train=n_train,
+                n_test=1,
+                task_id=task_id_for(split, index, rule),
+                max_side=max_side,
+            )
+            return task, rule
+        except GenerationError:
+            continue
+    raise GenerationError(f"{split} task {index}: no rule gave a task in {MAX_RULE_ATTEMPTS} tries")
 
 
 def generate_tasks_with_rules(
-    split: str, n: int, seed: int, max_side: int = MAX_INPUT_SIDE
+    split: str, n: int, seed: int, max_side: int = MAX_INPUT_SIDE, family: str = "mixed"
 ) -> list[tuple[Task, Rule]]:
-    """``n`` (task, rule) pairs of the split, deterministic for (split, seed, max_side); task i (1-based)
-    depends only on those and i, so a shorter run is a prefix of a longer one. 3 or 4 train pairs, 1 test.
-    ``max_side`` (MIN_SIDE..MAX_INPUT_SIDE) caps the input sides (smaller grids: shorter prompts)."""
+    """``n`` (task, rule) pairs of the split, deterministic for (split, seed, max_side, family); task i
+    (1-based) is ``generated_task(split, seed, i, ...)``, so a shorter run is a prefix of a longer one.
+    ``max_side`` (MIN_SIDE..MAX_INPUT_SIDE) caps the mixed family's input sides (shorter prompts)."""
     _check_split(split)
+    _check_family(family)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if not MIN_SIDE <= max_side <= MAX_INPUT_SIDE:
         raise ValueError(f"max_side must be in {MIN_SIDE}..{MAX_INPUT_SIDE}, got {max_side}")
-    out = []
-    for i in range(1, n + 1):
-        rng = random.Random(f"ttft.generate/{split}/{seed}/{i}")  # str seeds hash with sha512: stable
-        for _ in range(MAX_RULE_ATTEMPTS):
-            rule = sample_rule(split, rng)
-            n_train = rng.choice((3, 4))
-            try:
-                task = generate_task(
-                    rule,
-                    rng,
-                    n_train=n_train,
-                    n_test=1,
-                    task_id=task_id_for(split, i, rule),
-                    max_side=max_side,
-                )
-                break
-            except GenerationError:
-                continue
-        else:
-            raise GenerationError(f"{split} task {i}: no rule gave a task in {MAX_RULE_ATTEMPTS} tries")
-        out.append((task, rule))
-    return out
+    return [generated_task(split, seed, i, family, max_side) for i in range(1, n + 1)]
 
 
-def generate_tasks(split: str, n: int, seed: int, max_side: int = MAX_INPUT_SIDE) -> list[Task]:
-    """``n`` generated tasks of the split, deterministic for (split, seed, max_side); see
+def generate_tasks(
+    split: str, n: int, seed: int, max_side: int = MAX_INPUT_SIDE, family: str = "mixed"
+) -> list[Task]:
+    """``n`` generated tasks of the split, deterministic for (split, seed, max_side, family); see
     generate_tasks_with_rules."""
-    return [task for task, _ in generate_tasks_with_rules(split, n, seed, max_side)]
+    return [task for task, _ in generate_tasks_with_rules(split, n, seed, max_side, family)]
 
 
 def write_tasks(tasks: Sequence[Task], directory: str | Path) -> list[Path]:
@@ -664,9 +782,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--split", choices=SPLITS, required=True)
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--family", choices=FAMILIES, default="mixed")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    paths = write_tasks(generate_tasks(args.split, args.n, args.seed), args.out)
+    paths = write_tasks(generate_tasks(args.split, args.n, args.seed, family=args.family), args.out)
     print(f"wrote {len(paths)} {args.split} tasks to {args.out}")
 
 

@@ -6,7 +6,16 @@ everything of that step that is plain torch: the `pretrain:` config section, tas
 augmentations and prompt format as TTFT, through ``samples.train_samples``), tokenization with the prompt
 masked, the training loop of one data-parallel worker, checkpoints, and the export of the merged model.
 ``jobs/pretrain.py`` runs :func:`train_worker` on every Ray Train worker and supplies the Ray parts
-(DDP wrapping, ``report``, the checkpoint to resume from).
+(DDP wrapping, ``report``, the checkpoint to resume from). The optimizer step is ``finetune.train_step``,
+the one step TTFT uses too.
+
+Fresh tasks (``pretrain.data: fresh:FAMILY:SPLIT:SEED``, e.g. ``fresh:canary:train:0``): every micro-batch
+draws new generated tasks (``ttft.generate.generated_task``; index from step, rank and position, so a resumed
+run continues the same stream and ranks never share a task). Each task is one sequence, its demonstrations
+then its test pair, with the loss on every output grid and its newline / EOS and the inputs masked
+(``task_sequence``); no augmentation (the config must say so), since augmenting maps held-out rule instances
+onto trained ones. ``pretrain.max_minutes`` stops at a wall-time budget and the lr schedule then runs over
+wall time (progress = the larger of the time and step fractions), down to ``min_lr_ratio`` of the peak.
 
 Data parallelism: every worker builds the same sample list for an epoch (deterministic in the seed and the
 epoch, so each epoch draws fresh augmentations), truncates it to a multiple of the world size and takes
@@ -17,7 +26,6 @@ every world-size-th sample from its rank on. All shards are equally long, so the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -41,12 +49,14 @@ from ttft.config import (
     apply_overrides,
     config_from_dict,
 )
-from ttft.finetune import collate, encode_sample, lr_lambda, peft_lora_config
-from ttft.generate import MAX_INPUT_SIDE, MIN_SIDE, generate_tasks
+from ttft.finetune import collate, encode_sample, lr_lambda, peft_lora_config, train_step
+from ttft.formats import build_prompt, build_target, get_encoder
+from ttft.generate import FAMILIES, MAX_INPUT_SIDE, MIN_SIDE, SPLITS, generate_tasks, generated_task
 from ttft.samples import Sample, train_samples
 from ttft.tasks import Pair, Task, load_tasks
 
 GENERATED_RE = re.compile(r"^generated:(train|eval):(\d+):(-?\d+)(?::(\d+))?$")
+FRESH_RE = re.compile(rf"^fresh:({'|'.join(FAMILIES)}):({'|'.join(SPLITS)}):(-?\d+)$")
 STATE_FILE = "train_state.pt"
 SUMMARY_FILE = "pretrain.json"
 CHECKPOINT_FORMAT = 1
@@ -60,7 +70,7 @@ class PretrainConfig:
     (optim.steps = total optimizer steps; optim.batch_size = per worker).
     """
 
-    data: str = "arc1/training"  # any load_tasks source, or generated:SPLIT:N:SEED
+    data: str = "arc1/training"  # any load_tasks source, generated:SPLIT:N:SEED, or fresh:FAMILY:SPLIT:SEED
     solutions: str | None = None  # Kaggle solutions file for `data`
     limit: int | None = None
     max_side: int | None = None
@@ -78,6 +88,9 @@ class PretrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     max_failures: int = 0  # Ray Train restarts the workers from the last checkpoint this many times
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    min_lr_ratio: float = 0.0  # the schedule decays to this fraction of ttft.optim.lr
+    max_minutes: float | None = None  # wall-time budget: stop there (or at optim.steps); lr over wall time
 
 
 def _check_pretrain(p: PretrainConfig) -> None:
@@ -92,6 +105,17 @@ def _check_pretrain(p: PretrainConfig) -> None:
         raise ConfigError(f"pretrain.torch_threads: must be >= 1, got {p.torch_threads}")
     if p.max_failures < -1:
         raise ConfigError(f"pretrain.max_failures: must be >= -1 (-1: unlimited), got {p.max_failures}")
+    if len(p.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in p.adam_betas):
+        raise ConfigError(f"pretrain.adam_betas: need two values in [0, 1), got {p.adam_betas}")
+    if not 0.0 <= p.min_lr_ratio <= 1.0:
+        raise ConfigError(f"pretrain.min_lr_ratio: must be in [0, 1], got {p.min_lr_ratio}")
+    if p.max_minutes is not None and not p.max_minutes > 0:
+        raise ConfigError(f"pretrain.max_minutes: must be > 0, got {p.max_minutes}")
+    if p.data.startswith("fresh:") and not FRESH_RE.match(p.data):
+        raise ConfigError(
+            f"pretrain.data: {p.data!r}: expected fresh:FAMILY:SPLIT:SEED with FAMILY in {list(FAMILIES)} "
+            f"and SPLIT in {list(SPLITS)}, e.g. fresh:canary:train:0"
+        )
     m = GENERATED_RE.match(p.data)
     if p.data.startswith("generated:") and not m:
         raise ConfigError(
@@ -117,6 +141,12 @@ def pretrain_config_from_dict(data: dict[str, Any]) -> tuple[RunConfig, Pretrain
     cfg = config_from_dict(data)
     if cfg.model.load_in_4bit:
         raise ConfigError("model.load_in_4bit: not supported by pretrain (the output is merged full weights)")
+    a = cfg.ttft.augment
+    if is_fresh(pcfg) and (a.d8 != ["identity"] or a.color or a.shuffle_order or a.per_split != 1):
+        raise ConfigError(
+            "ttft.augment: fresh task sources train on the tasks as drawn; set d8: [identity], color: false, "
+            "shuffle_order: false, per_split: 1"
+        )
     return cfg, pcfg
 
 
@@ -145,13 +175,21 @@ def output_paths(cfg: RunConfig, pcfg: PretrainConfig) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------- data
 
 
+def is_fresh(pcfg: PretrainConfig) -> bool:
+    """Whether `pcfg.data` is a stream of fresh generated tasks (``fresh:FAMILY:SPLIT:SEED``)."""
+    return FRESH_RE.match(pcfg.data) is not None
+
+
 def load_pretrain_tasks(pcfg: PretrainConfig) -> tuple[list[Task], list[str]]:
     """The training tasks of `pcfg.data` and one-line reasons for the invalid ones (skipped).
 
     ``generated:SPLIT:N:SEED[:MAX_SIDE]`` draws N tasks from ``ttft.generate`` (input sides capped at
-    MAX_SIDE, default 8); anything else goes to ``load_tasks``.
+    MAX_SIDE, default 8); a ``fresh:`` stream has no fixed list (returns no task; ``FreshTasks`` draws
+    them); anything else goes to ``load_tasks``.
     ``limit`` and ``max_side`` select as in ``load_tasks``. Raises ValueError when no task is left.
     """
+    if is_fresh(pcfg):
+        return [], []
     m = GENERATED_RE.match(pcfg.data)
     errors: list[str] = []
     if m:
@@ -247,6 +285,69 @@ class SampleStream:
         return out
 
 
+def task_sequence(tokenizer: Any, task: Task, encoder: str) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a whole task as one prompt (demonstrations, then the test pair): the loss is on
+    every output grid with its newline, and on the closing EOS; inputs and markers are masked (-100).
+
+    The text is ``build_prompt(train, test input) + build_target(test output)``, the layout TTFT and
+    inference use; it is tokenized in pieces at the output boundaries.
+    """
+    if not task.test_outputs:
+        raise ValueError(f"task {task.id}: pretraining on whole tasks needs the test output")
+    enc = get_encoder(encoder)
+    pairs = [*task.train, Pair(task.test_inputs[0], task.test_outputs[0])]
+    ids: list[int] = []
+    labels: list[int] = []
+    for p in pairs:
+        shown = tokenizer(build_prompt([], p.input, encoder), add_special_tokens=False).input_ids
+        out = tokenizer(build_target(p.output, enc), add_special_tokens=False).input_ids
+        ids += shown + out
+        labels += [-100] * len(shown) + out
+    return ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]
+
+
+class FreshTasks:
+    """This rank's stream of fresh generated tasks (``fresh:FAMILY:SPLIT:SEED``): micro-batch ``m`` of step
+    ``s`` on rank ``r`` holds tasks ``1 + ((s * grad_accum + m) * world_size + r) * batch + j``, j < batch."""
+
+    def __init__(self, data: str, batch_size: int, grad_accum: int, rank: int = 0, world_size: int = 1):
+        m = FRESH_RE.match(data)
+        if m is None:
+            raise ValueError(f"pretrain.data: {data!r} is not a fresh:FAMILY:SPLIT:SEED stream")
+        self.family, self.split, self.seed = m[1], m[2], int(m[3])
+        self.batch_size, self.grad_accum = batch_size, grad_accum
+        self.rank, self.world_size = rank, world_size
+
+    def batch(self, step: int, micro: int = 0) -> list[Task]:
+        """The tasks of micro-batch `micro` of optimizer step `step` (0-based) on this rank."""
+        first = 1 + ((step * self.grad_accum + micro) * self.world_size + self.rank) * self.batch_size
+        return [
+            generated_task(self.split, self.seed, i, self.family)[0]
+            for i in range(first, first + self.batch_size)
+        ]
+
+
+def wall_clock_lambda(
+    schedule: str, warmup: int, min_ratio: float, progress: Callable[[], float]
+) -> Callable[[int], float]:
+    """lr multiplier for LambdaLR: linear warmup over `warmup` steps, then `schedule` (cosine / linear /
+    constant) over ``progress()`` in [0, 1] (the caller's mix of wall time and steps), 1 -> `min_ratio`."""
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        p = min(1.0, max(0.0, progress()))
+        if schedule == "cosine":
+            shape = 0.5 * (1 + math.cos(math.pi * p))
+        elif schedule == "linear":
+            shape = 1 - p
+        else:
+            shape = 1.0
+        return min_ratio + (1 - min_ratio) * shape
+
+    return f
+
+
 def total_steps(cfg: RunConfig, samples_per_epoch: int, world_size: int) -> int:
     """Optimizer steps: optim.steps, or ceil(epochs x samples / global batch) when optim.epochs is set."""
     o = cfg.ttft.optim
@@ -302,6 +403,7 @@ class TrainState:
     offset: int = 0
     tokens: int = 0
     history: list[list[float]] = field(default_factory=list)  # [step, mean loss since the previous report]
+    seconds: float = 0.0  # training wall time so far (the wall-time schedule's clock), across resumes
 
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -411,42 +513,15 @@ def export_model(
 # ----------------------------------------------------------------------------------------- training
 
 
-def _mean_across_ranks(value: float, device: Any) -> float:
+def _mean_across_ranks(values: Sequence[float], device: Any) -> list[float]:
+    """The mean of each value over the ranks (one all-reduce): every rank gets the same numbers back."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return list(values)
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t) / dist.get_world_size()
-
-
-def train_step(
-    model: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    batches: Sequence[dict],
-    max_grad_norm: float,
-) -> float:
-    """One optimizer step over `batches` (gradient accumulation); returns this rank's mean loss.
-
-    `model` may be DDP-wrapped: gradients are synchronised on the last micro-batch only.
-    """
-    opt.zero_grad(set_to_none=True)
-    total = 0.0
-    for i, batch in enumerate(batches):
-        last = i == len(batches) - 1
-        ctx = model.no_sync() if (not last and hasattr(model, "no_sync")) else contextlib.nullcontext()
-        with ctx:
-            loss = model(**batch).loss / len(batches)
-            loss.backward()
-        total += float(loss.detach())
-    params = [p for p in model.parameters() if p.requires_grad]
-    if max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    opt.step()
-    sched.step()
-    return total
+    return [float(v) / dist.get_world_size() for v in t]
 
 
 def _fmt_seconds(s: float) -> str:
@@ -487,41 +562,77 @@ def train_worker(
     def count_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False).input_ids)
 
-    views = [training_view(t, pcfg.use_test_outputs) for t in tasks]
-    stream = SampleStream(views, cfg, count_tokens, rank=rank, world_size=world_size)
-    n_epoch = len(stream.samples(0))
-    steps = total_steps(cfg, n_epoch, world_size)
+    fresh = FreshTasks(pcfg.data, o.batch_size, o.grad_accum, rank, world_size) if is_fresh(pcfg) else None
+    stream = None
+    if fresh is None:
+        views = [training_view(t, pcfg.use_test_outputs) for t in tasks]
+        stream = SampleStream(views, cfg, count_tokens, rank=rank, world_size=world_size)
+    n_epoch = len(stream.samples(0)) if stream is not None else 0
+    steps = total_steps(cfg, n_epoch, world_size) if stream is not None else o.steps
+    budget_s = pcfg.max_minutes * 60 if pcfg.max_minutes is not None else None
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.schedule, o.warmup_steps, steps))
-    fp = fingerprint(cfg, pcfg)
+    betas = (pcfg.adam_betas[0], pcfg.adam_betas[1])
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=betas, weight_decay=o.weight_decay)
     state = TrainState()
+    if budget_s is None and pcfg.min_lr_ratio == 0:
+        schedule = lr_lambda(o.schedule, o.warmup_steps, steps)
+    else:  # progress: the larger of the time and step fractions (the step fraction after the warmup)
+
+        def progress() -> float:
+            by_steps = (state.step - o.warmup_steps) / max(1, steps - o.warmup_steps)
+            return max(by_steps, state.seconds / budget_s if budget_s else 0.0)
+
+        schedule = wall_clock_lambda(o.schedule, o.warmup_steps, pcfg.min_lr_ratio, progress)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    fp = fingerprint(cfg, pcfg)
     if resume_dir is not None:
         state = load_checkpoint(resume_dir, model, opt, sched, fp, device)
     start_step = state.step
     main = rank == 0
     if main:
         where = f"resuming at step {start_step}" if resume_dir is not None else "starting at step 0"
+        what = (
+            f"fresh tasks {pcfg.data}"
+            if fresh is not None
+            else f"{len(tasks)} tasks, {n_epoch} samples/epoch"
+        )
+        limit = f" (or {pcfg.max_minutes:g} min)" if budget_s is not None else ""
         log(
-            f"[pretrain] {len(tasks)} tasks, {n_epoch} samples/epoch, {steps} steps x {o.batch_size} x "
-            f"{o.grad_accum} x {world_size} workers, mode {pcfg.mode}: {where}"
+            f"[pretrain] {what}, {steps} steps{limit} x {o.batch_size} x {o.grad_accum} x {world_size} "
+            f"workers, mode {pcfg.mode}: {where}"
         )
     wrapped = wrap_model(model)
-    stream.epoch, stream.offset = state.epoch, state.offset
+    if stream is not None:
+        stream.epoch, stream.offset = state.epoch, state.offset
     t0 = time.monotonic()
+    seconds0 = state.seconds
     window: list[float] = []
     metrics: dict[str, Any] = {"step": state.step, "total_steps": steps, "start_step": start_step}
-    while state.step < steps:
+    out_of_time = budget_s is not None and state.seconds >= budget_s
+    while state.step < steps and not out_of_time:
         batches = []
-        for _ in range(o.grad_accum):
-            batch = collate([encode_sample(tokenizer, s) for s in stream.take(o.batch_size)], pad_id, device)
+        for micro in range(o.grad_accum):
+            if fresh is not None:
+                encoded = [
+                    task_sequence(tokenizer, t, cfg.ttft.samples.encoder)
+                    for t in fresh.batch(state.step, micro)
+                ]
+            else:
+                encoded = [encode_sample(tokenizer, s) for s in stream.take(o.batch_size)]
+            batch = collate(encoded, pad_id, device)
             state.tokens += int(batch["attention_mask"].sum())
             batches.append(batch)
         loss = train_step(wrapped, opt, sched, batches, o.max_grad_norm)
-        window.append(_mean_across_ranks(loss, device))
+        # One all-reduce: the mean loss, and the mean clock, so that every rank stops at the same step.
+        loss, seconds = _mean_across_ranks([loss, seconds0 + time.monotonic() - t0], device)
+        window.append(loss)
         state.step += 1
-        state.epoch, state.offset = stream.epoch, stream.offset
-        is_ckpt = state.step % pcfg.checkpoint_every == 0 or state.step == steps
+        state.seconds = seconds
+        out_of_time = budget_s is not None and seconds >= budget_s
+        if stream is not None:
+            state.epoch, state.offset = stream.epoch, stream.offset
+        last = state.step == steps or out_of_time
+        is_ckpt = state.step % pcfg.checkpoint_every == 0 or last
         if not (is_ckpt or state.step % pcfg.log_every == 0):
             continue
         mean_loss = sum(window) / len(window)
@@ -539,11 +650,15 @@ def train_worker(
             "tokens": state.tokens * world_size,
             "steps_per_s": rate,
             "elapsed_s": elapsed,
+            "train_seconds": state.seconds,
         }
         if main:
+            left = (steps - state.step) / rate
+            if budget_s is not None:
+                left = min(left, budget_s - state.seconds)
             log(
                 f"[pretrain] step {state.step}/{steps} loss {mean_loss:.4f} lr {metrics['lr']:.2e} "
-                f"epoch {state.epoch} {rate:.2f} steps/s ETA {_fmt_seconds((steps - state.step) / rate)}"
+                f"epoch {state.epoch} {rate:.2f} steps/s ETA {_fmt_seconds(left)}"
             )
         if is_ckpt and main:
             with tempfile.TemporaryDirectory(prefix="pretrain-ckpt-") as d:
@@ -556,9 +671,10 @@ def train_worker(
             "base_model": cfg.model.name,
             "mode": pcfg.mode,
             "data": pcfg.data,
-            "tasks": len(tasks),
+            "tasks": len(tasks) if fresh is None else state.step * o.batch_size * o.grad_accum * world_size,
             "samples_per_epoch": n_epoch,
             "steps": state.step,
+            "train_seconds": state.seconds,
             "start_step": start_step,
             "workers": world_size,
             "tokens": state.tokens * world_size,
