@@ -30,7 +30,7 @@ from ttft.generate import (
     split_of,
     write_tasks,
 )
-from ttft.tasks import SAFE_ID, load_tasks, validate_task
+from ttft.tasks import SAFE_ID, Pair, load_tasks, validate_task
 
 ATOMS = [r for split in G.SPLITS for r in rule_instances(split) if not isinstance(r, Compose)]
 
@@ -346,3 +346,67 @@ def test_cli_writes_tasks(tmp_path, capsys):
     G.main(["--split", "eval", "--n", "3", "--seed", "5", "--out", str(tmp_path)])
     assert "wrote 3 eval tasks" in capsys.readouterr().out
     assert len(load_tasks(tmp_path).tasks) == 3
+
+
+# ------------------------------------------------------------------------------------------ canary family
+
+
+def test_canary_rules_are_the_colour_map_atoms_split_by_key_hash():
+    train, held = G.canary_rules("train"), G.canary_rules("eval")
+    everything = train + held
+    assert len(everything) == len(set(everything)) == 36 + 72  # swaps a<->b, substitutions a->b over 1..9
+    assert all(isinstance(r, ColorMap) for r in everything)
+    assert sum(len(r.mapping) == 2 for r in everything) == 36
+    assert all(split_of(r) == "train" for r in train) and all(split_of(r) == "eval" for r in held)
+    assert 0.15 < len(held) / len(everything) < 0.35  # one in four by key hash
+    with pytest.raises(ValueError, match="split must be one of"):
+        G.canary_rules("test")
+
+
+def _colors(grid):
+    return {c for row in grid for c in row if c}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(G.SPLITS), st.integers(0, 10**6), st.integers(1, 10**6))
+def test_canary_tasks_follow_the_recipe(split, seed, index):
+    task, rule = G.generated_task(split, seed, index, family="canary")
+    assert task.id == f"gen-canary-{split}-{index:05d}-{rule.key}" and rule_of(task.id) == rule
+    assert split_of(rule) == split
+    validate_task(task)
+    assert len(task.train) == G.CANARY_TRAIN_PAIRS and len(task.test_inputs) == 1
+    pairs = [*task.train, Pair(task.test_inputs[0], task.test_outputs[0])]
+    side = G.CANARY_SIDE
+    inputs = [p.input for p in pairs]
+    assert len({json.dumps(g) for g in inputs}) == len(inputs)  # distinct inputs
+    palette = set().union(*map(_colors, inputs))
+    assert len(palette) <= max(G.CANARY_PALETTE_SIZES)
+    for p in pairs:
+        assert len(p.input) == side and all(len(row) == side for row in p.input)
+        assert rule.colors[0] in _colors(p.input)  # the rule's first source colour: output != input
+        assert p.output == rule.apply(p.input) == reference(rule, p.input) and p.output != p.input
+    assert _colors(task.test_inputs[0]) <= set().union(*(_colors(p.input) for p in task.train))
+    assert G.canary_rival(rule, task.train, task.test_inputs) is None
+
+
+def test_canary_rival_finds_an_ambiguous_draw():
+    swap, sub = ColorMap(((1, 2), (2, 1))), ColorMap(((1, 2),))
+    train = [Pair([[1, 0, 0]] * 3, [[2, 0, 0]] * 3)]  # colour 2 never shown: 1->2 and 1<->2 both fit
+    assert G.canary_rival(sub, train, [[[2, 1, 0]] * 3]) == swap
+    assert G.canary_rival(sub, train, [[[1, 1, 0]] * 3]) is None  # same answer either way
+
+
+def test_canary_tasks_are_deterministic_and_prefix_stable():
+    a = generate_tasks("eval", 12, 7, family="canary")
+    assert a == generate_tasks("eval", 12, 7, family="canary")
+    assert generate_tasks("eval", 5, 7, family="canary") == a[:5]
+    assert a != generate_tasks("eval", 12, 8, family="canary")
+    rules = [rule_of(t.id) for t in generate_tasks("train", 300, 0, family="canary")]
+    assert len(set(rules)) > 60  # the draw covers the training maps
+
+
+def test_canary_family_is_checked():
+    with pytest.raises(ValueError, match="family must be one of"):
+        generate_tasks("train", 1, 0, family="nope")
+    with pytest.raises(ValueError, match="canary rules are colour maps"):
+        G.generate_canary_task(Crop(), random.Random(0))

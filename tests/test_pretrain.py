@@ -19,6 +19,7 @@ from ttft.config import ConfigError, config_from_dict
 from ttft.pretrain import (
     STATE_FILE,
     SUMMARY_FILE,
+    FreshTasks,
     PretrainConfig,
     SampleStream,
     encode_sample,
@@ -26,8 +27,10 @@ from ttft.pretrain import (
     load_pretrain_config,
     load_pretrain_tasks,
     pretrain_config_from_dict,
+    task_sequence,
     train_worker,
     training_view,
+    wall_clock_lambda,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +77,10 @@ def test_tiny_config_loads_and_overrides_apply():
         ({"nope": 1}, "pretrain.nope: unknown key"),
         ({"data": "generated:train:ten:0"}, "expected generated:SPLIT:N:SEED"),
         ({"data": "generated:train:10:0:9"}, "MAX_SIDE must be in 3..8, got 9"),
+        ({"data": "fresh:canary:test:0"}, "expected fresh:FAMILY:SPLIT:SEED"),
+        ({"adam_betas": [0.9]}, "pretrain.adam_betas: need two values"),
+        ({"min_lr_ratio": 1.5}, "pretrain.min_lr_ratio: must be in"),
+        ({"max_minutes": 0}, "pretrain.max_minutes: must be > 0"),
     ],
 )
 def test_bad_pretrain_section_names_the_key(section, message):
@@ -266,3 +273,95 @@ def test_ray_train_job_checkpoints_to_s3_and_resumes(
     model_9, summary = fetch_model(tmp_path / "model-9")
     assert [h[0] for h in summary["history"]] == [3, 6, 9] and summary["start_step"] == 6
     assert _differs(_weights(model_9), after_6)
+
+
+# ------------------------------------------------------------------------------------ fresh tasks
+
+NO_AUGMENT = {"d8": ["identity"], "color": False, "shuffle_order": False, "per_split": 1}
+
+
+def test_fresh_source_refuses_augmentations():
+    with pytest.raises(ConfigError, match="fresh task sources train on the tasks as drawn"):
+        pretrain_config_from_dict({"pretrain": {"data": "fresh:canary:train:0"}})
+    _, pcfg = pretrain_config_from_dict(
+        {"pretrain": {"data": "fresh:canary:train:0"}, "ttft": {"augment": NO_AUGMENT}}
+    )
+    assert load_pretrain_tasks(pcfg) == ([], [])
+
+
+def test_fresh_tasks_are_new_every_step_disjoint_across_ranks_and_replayable():
+    ranks = [FreshTasks("fresh:canary:train:3", 4, 2, rank=r, world_size=2) for r in range(2)]
+    seen = [t.id for step in range(3) for micro in range(2) for fr in ranks for t in fr.batch(step, micro)]
+    assert len(seen) == len(set(seen)) == 3 * 2 * 2 * 4  # every task drawn once
+    assert all(i.startswith("gen-canary-train-") for i in seen)
+    assert ranks[1].batch(2, 1) == FreshTasks("fresh:canary:train:3", 4, 2, 1, 2).batch(2, 1)  # resume
+    assert ranks[0].batch(0) != FreshTasks("fresh:canary:train:4", 4, 2, 0, 2).batch(0)
+
+
+def test_task_sequence_learns_every_output_grid_and_eos(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from ttft.formats import build_prompt, build_target
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    (task,) = FreshTasks("fresh:canary:train:0", 1, 1).batch(0)
+    ids, labels = task_sequence(tok, task, "minimal")
+    text = build_prompt(task.train, task.test_inputs[0], "minimal") + build_target(task.test_outputs[0])
+    assert tok.decode(ids[:-1]) == text and ids[-1] == labels[-1] == tok.eos_token_id
+    learned = tok.decode([i for i, y in zip(ids[:-1], labels[:-1]) if y != -100])
+    outputs = [*(p.output for p in task.train), task.test_outputs[0]]
+    assert learned == "".join(build_target(g) for g in outputs)  # every output grid + newline, no input
+    assert all(y in (-100, i) for i, y in zip(ids, labels))
+    with pytest.raises(ValueError, match="needs the test output"):
+        task_sequence(tok, dataclasses.replace(task, test_outputs=None), "minimal")
+
+
+def test_wall_clock_schedule_warms_up_then_decays_to_the_floor():
+    progress = [0.0]
+    f = wall_clock_lambda("cosine", 4, 0.05, lambda: progress[0])
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(10) == pytest.approx(1.0)
+    progress[0] = 0.5
+    assert f(10) == pytest.approx(0.05 + 0.95 * 0.5)
+    progress[0] = 2.0  # past the budget: stays at the floor
+    assert f(10) == pytest.approx(0.05)
+    assert wall_clock_lambda("constant", 0, 0.05, lambda: 0.7)(3) == 1.0
+
+
+def _fresh_cfgs(tiny_model_dir: Path, **pretrain) -> tuple:
+    ttft = {**SMALL_TTFT, "augment": NO_AUGMENT, "samples": {"encoder": "minimal"}}
+    cfg = config_from_dict({"model": {"name": str(tiny_model_dir)}, "ttft": ttft})
+    pcfg = PretrainConfig(
+        data="fresh:canary:train:0", checkpoint_every=2, log_every=1, adam_betas=[0.9, 0.98], **pretrain
+    )
+    return cfg, pcfg
+
+
+def test_fresh_stream_resumes_exactly(tiny_model_dir, tmp_path):
+    torch.set_num_threads(1)
+    cfg, pcfg = _fresh_cfgs(tiny_model_dir, min_lr_ratio=0.05)
+    saved: dict[int, Path] = {}
+
+    def keep(metrics, ckpt):
+        if ckpt is not None:
+            saved[metrics["step"]] = Path(shutil.copytree(ckpt, tmp_path / f"ckpt-{metrics['step']}"))
+
+    straight = train_worker(cfg, pcfg, [], str(tiny_model_dir), str(tmp_path / "a"), report=keep)
+    assert straight["step"] == 4 and straight["lr"] > 0
+    train_worker(cfg, pcfg, [], str(tiny_model_dir), str(tmp_path / "b"), resume_dir=saved[2])
+    assert not _differs(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    summary = json.loads((tmp_path / "a" / SUMMARY_FILE).read_text())
+    assert summary["tasks"] == 4 * 2 and summary["train_seconds"] > 0  # 4 steps x batch 2, fresh each
+
+
+def test_wall_time_budget_stops_the_run(tiny_model_dir, tmp_path):
+    torch.set_num_threads(1)
+    cfg, pcfg = _fresh_cfgs(tiny_model_dir, max_minutes=0.02, min_lr_ratio=0.05)
+    cfg.ttft.optim.steps = 10**6
+    lrs = []
+    last = train_worker(
+        cfg, pcfg, [], str(tiny_model_dir), str(tmp_path / "m"), report=lambda m, c: lrs.append(m["lr"])
+    )
+    assert 1 <= last["step"] < 10**6 and last["train_seconds"] >= 1.2
+    assert lrs[-1] < 0.15 * cfg.ttft.optim.lr < lrs[0]  # decayed over the budget, near its 5% floor
+    assert (tmp_path / "m" / "model.safetensors").is_file()
