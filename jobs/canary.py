@@ -251,15 +251,8 @@ def open_ray(num_cpus: int | None = None) -> Iterator[None]:
     """A fresh local Ray for the rows (never someone else's cluster: ``address="local"``), shut down after."""
     import ray
 
-    from jobs.pretrain import forwarded_env
-
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        runtime_env={"env_vars": forwarded_env()},
-        logging_level="WARNING",
-    )
+    # No runtime_env: the canary's paths are local, and Ray would log a runtime_env's secrets to disk.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
     try:
         yield
     finally:
