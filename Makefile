@@ -30,9 +30,12 @@ test-fast: install
 eval: install
 	$(BIN)/python -m jobs.eval --config $(CONFIG)
 
+# The entrypoint's `python` is the one on the PATH of the head's `ray start` (make ray-head and
+# cluster/emulate.sh put this venv first; cluster nodes install ttft into theirs). TTFT_SUBMIT_DIR lets a
+# job on a local head resolve relative out_dir / registry.root against this checkout.
 eval-cluster: install
-	$(BIN)/ray job submit --address $(RAY_ADDRESS) --working-dir . \
-		--runtime-env cluster/runtime_env.yaml -- python -m jobs.eval --config $(CONFIG)
+	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-token} $(BIN)/ray job submit --address $(RAY_ADDRESS) --working-dir . \
+		--runtime-env cluster/runtime_env.yaml -- TTFT_SUBMIT_DIR=$(CURDIR) python -m jobs.eval --config $(CONFIG)
 
 bench: install
 	$(BIN)/python -m bench.run

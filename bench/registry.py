@@ -266,7 +266,7 @@ def run(
                     {"root": str(work / "registry")}, rows, puts, writers, work
                 )
             elif name == "s3":
-                from tests.s3_server import S3Server
+                from ttft.localstore import S3Server
 
                 t0 = time.perf_counter()
                 with S3Server() as server:

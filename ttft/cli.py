@@ -69,6 +69,34 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_score_uri(args: argparse.Namespace) -> int:
+    """`ttft score` where the submission (or a solutions file) is on an object store: fetched, then scored."""
+    from ttft.objstore import is_s3
+    from ttft.runs import fetch_file
+
+    try:
+        for attr in ("submission", "solutions"):
+            if is_s3(getattr(args, attr)):
+                setattr(args, attr, str(fetch_file(getattr(args, attr))))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}")
+        return 1
+    return cmd_score(args)
+
+
+def cmd_runs_pull(args: argparse.Namespace) -> int:
+    """Copy a run published to an object store (or another directory) into a local directory."""
+    from ttft.runs import pull
+
+    try:
+        files = pull(args.uri, args.dest)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}")
+        return 1
+    print(f"{len(files)} files of {args.uri} in {args.dest}: {', '.join(files)}")
+    return 0
+
+
 def cmd_init_tiny(args: argparse.Namespace) -> int:
     from ttft.model import init_tiny_model
 
@@ -165,13 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=cmd_data_validate)
 
     s = sub.add_parser("score", help="score a Kaggle submission (ARC pass@2)")
-    s.add_argument("--submission", required=True)
+    s.add_argument("--submission", required=True, help="submission.json: a local path or s3:// URI")
     s.add_argument(
         "--solutions", required=True, help="Kaggle solutions JSON, or a task source with test outputs"
     )
     s.add_argument("--tasks", help="task source (challenges) to validate the submission against")
     s.add_argument("--out", help="write per-test-output results as Parquet")
-    s.set_defaults(fn=cmd_score)
+    s.set_defaults(fn=cmd_score_uri)
 
     m = sub.add_parser("model", help="model tools").add_subparsers(dest="action", required=True)
     t = m.add_parser("init-tiny", help="build the tiny Qwen2-architecture test model")
@@ -190,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--s3-endpoint", help="S3 endpoint (default: $AWS_ENDPOINT_URL)")
     r.add_argument("--min-age", type=float, default=3600.0, help="gc: only files older than this (s)")
     r.set_defaults(fn=cmd_registry)
+
+    runs = sub.add_parser("runs", help="finished runs").add_subparsers(dest="action", required=True)
+    pl = runs.add_parser("pull", help="copy a run from s3://.../runs/NAME (or a directory) to a local dir")
+    pl.add_argument("uri", help="e.g. s3://ttft/runs/cluster_smoke")
+    pl.add_argument("dest", help="local directory")
+    pl.set_defaults(fn=cmd_runs_pull)
 
     c = sub.add_parser("compare", help="seed-style table (val loss, accuracy) over finished runs, and a plot")
     c.add_argument("runs", nargs="+", help="run directories (runs/<name>)")

@@ -45,6 +45,7 @@ class ModelConfig:
     revision: str | None = None
     load_in_4bit: bool = False  # QLoRA through bitsandbytes
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "auto"  # auto (cuda when visible) | cpu (on purpose, also with GPU resources) | cuda
     tiny_dir: str = ".cache/tiny-model"  # where `tiny` is built when missing
     tiny_seed: int = 0
 
@@ -115,7 +116,8 @@ class TTFTConfig:
 class OrchestrateConfig:
     """How fine-tunes are scheduled on the Ray cluster."""
 
-    workers: int | None = None  # None: as many as the cluster's resources allow
+    workers: int | None = None  # exact pool size; None: max_workers, else what the cluster holds now
+    max_workers: int | None = None  # pool target asked of the autoscaler (a min_workers: 0 cluster grows)
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # fractional allowed: 0.25 packs four fine-tunes on one GPU
     torch_threads: int | None = None  # per worker; None: cpus_per_worker
@@ -150,6 +152,7 @@ class RegistryConfig:
     """Where adapters live."""
 
     root: str = "runs/registry"  # local path or s3://bucket/prefix
+    shared: bool = False  # a local root on a filesystem every node mounts at the same path (NFS)
     s3_endpoint: str | None = None  # else AWS_ENDPOINT_URL
 
 
@@ -167,7 +170,7 @@ class RunConfig:
     """One ttft run: data, model, TTFT recipe, scheduling, inference, registry."""
 
     name: str = "smoke"
-    out_dir: str = "runs"
+    out_dir: str = "runs"  # local dir or s3://bucket/prefix: the run's files go to <out_dir>/<name>/
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ttft: TTFTConfig = field(default_factory=TTFTConfig)
@@ -212,6 +215,7 @@ _CHOICES = {
     "ttft.samples.encoder": {"minimal", "shape"},
     "ttft.optim.schedule": {"cosine", "linear", "constant"},
     "model.dtype": {"float32", "bfloat16", "float16"},
+    "model.device": {"auto", "cpu", "cuda"},
     "tracking.backend": {None, "wandb", "mlflow"},
 }
 

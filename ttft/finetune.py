@@ -167,7 +167,10 @@ class Finetuner:
         self.cfg = ttft_cfg
         self.model_path = base_model_path(model_cfg)
         self.model, self.tokenizer = load_base_model(
-            self.model_path, load_in_4bit=model_cfg.load_in_4bit, dtype=model_cfg.dtype
+            self.model_path,
+            load_in_4bit=model_cfg.load_in_4bit,
+            dtype=model_cfg.dtype,
+            device=None if model_cfg.device == "auto" else model_cfg.device,
         )
         if model_cfg.load_in_4bit:
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=False)

@@ -31,6 +31,8 @@ class RunRecord:
     invalid_tasks: list[str] = field(default_factory=list)
     ttft_enabled: bool = True
     base_val_loss: dict[str, float | None] = field(default_factory=dict)  # baseline runs: base model only
+    inference_nodes: dict[str, str] = field(default_factory=dict)  # task id -> node whose engine predicted it
+    adapter_errors: dict[str, str] = field(default_factory=dict)  # task id -> why its adapter was not used
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -60,11 +62,12 @@ def results_table(rec: RunRecord) -> pa.Table:
                 grid = Augmentation.from_key(r["aug_key"]).invert_grid(json.loads(r["grid"]))
                 hit = grid == outs[r["test_index"]]
             oracle[k] = oracle.get(k, False) or hit
-    status, val = {}, {}
+    status, val, trained_on = {}, {}, {}
     if rec.finetune is not None:
         for o in rec.finetune.outcomes:
             for tid in o.task_ids:
                 status[tid] = o.status
+                trained_on[tid] = o.node
                 if o.row:
                     val[tid] = (o.row.get("val_loss_before"), o.row.get("val_loss_after"))
     rows: dict[str, list] = {
@@ -82,6 +85,9 @@ def results_table(rec: RunRecord) -> pa.Table:
             "finetune",
             "val_loss_before",
             "val_loss_after",
+            "finetune_node",
+            "inference_node",
+            "fallback_reason",
         )
     }
     for t in rec.tasks:
@@ -103,6 +109,9 @@ def results_table(rec: RunRecord) -> pa.Table:
                 ("finetune", status.get(t.id, _adapter_status(rec, t.id))),
                 ("val_loss_before", vb),
                 ("val_loss_after", va),
+                ("finetune_node", trained_on.get(t.id)),
+                ("inference_node", rec.inference_nodes.get(t.id)),
+                ("fallback_reason", rec.adapter_errors.get(t.id)),
             ):
                 rows[k].append(v)
     return pa.table(rows)
@@ -150,11 +159,28 @@ def write_run(rec: RunRecord, run_dir: str | Path) -> dict[str, Any]:
         "finetune_seconds": sum(o.seconds or 0 for o in fin.outcomes) if fin else 0.0,
         "invalid_tasks": rec.invalid_tasks,
         "ttft": rec.ttft_enabled,
+        "placement": placement(rows),
+        "requeued": [{"tasks": o.task_ids, "requeues": o.requeues} for o in fin.outcomes if o.requeues]
+        if fin
+        else [],
+        "adapter_errors": rec.adapter_errors,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plots = plot_run(rec, rows, out)
     (out / "report.md").write_text(render_report(rec, summary, rows, plots))
     return summary
+
+
+def placement(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """Per node: tasks fine-tuned there and tasks predicted there (from results rows)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        if r["test_index"] != 0:
+            continue
+        for col, what in (("finetune_node", "finetune"), ("inference_node", "inference")):
+            if r[col]:
+                out.setdefault(r[col], {"finetune": 0, "inference": 0})[what] += 1
+    return out
 
 
 def plot_run(rec: RunRecord, rows: list[dict], out: Path) -> list[str]:
@@ -224,6 +250,19 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
         lines += ["## Failures", ""]
         lines += [f"- fine-tune {','.join(f['tasks'])}: {f['error']}" for f in summary["failed"]]
         lines += [f"- invalid task: {e}" for e in rec.invalid_tasks]
+        lines.append("")
+    if summary["requeued"] or rec.adapter_errors:
+        lines += ["## Recovered", ""]
+        lines += [
+            f"- requeued {','.join(r['tasks'])}: its worker died {r['requeues']}x; trained again"
+            for r in summary["requeued"]
+        ]
+        lines += [f"- {tid}: {why}; predicted by the base model" for tid, why in rec.adapter_errors.items()]
+        lines.append("")
+    if summary["placement"]:
+        lines += ["## Placement", "", "| node | tasks fine-tuned | tasks predicted |", "|---|---|---|"]
+        for node, n in sorted(summary["placement"].items()):
+            lines.append(f"| {node} | {n['finetune']} | {n['inference']} |")
         lines.append("")
     if summary["reduced"]:
         lines += ["## Budget reductions", ""]
