@@ -8,5 +8,5 @@
 #   bash cluster/emulate.sh down             # stops exactly what `up` started
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ] || [ ! -f .venv/.installed ]; then make -s install >&2; fi
+make -s install >&2
 exec .venv/bin/python -m ttft.emulate "$@"

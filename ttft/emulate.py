@@ -160,7 +160,10 @@ def up(
     token = st / "auth_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
-    state: dict = {"marker": marker, "dir": str(st), "workers": workers}
+    # Ray's session dirs hold unix sockets (paths <= 107 bytes): a short path, outside /tmp, which every
+    # worker node hides under a tmpfs of its own.
+    ray_tmp = Path("/var/tmp") / f"ttft-emu-{marker}"
+    state: dict = {"marker": marker, "dir": str(st), "workers": workers, "ray_tmp": str(ray_tmp)}
     os.environ[MARKER] = marker  # the S3 server carries the marker too
     try:
         s3 = S3Server(
@@ -202,7 +205,7 @@ def up(
             "--num-cpus=1",
             "--num-gpus=0",
             f"--object-store-memory={256 << 20}",
-            f"--temp-dir={st / 'ray'}",
+            f"--temp-dir={ray_tmp}",
             *_node_ports(),
             "--disable-usage-stats",
         ]
@@ -247,14 +250,15 @@ def start_worker(state: dict, index: int, *, cpus: int = 2) -> None:
         f"--max-worker-port={base + 1999}",
         "--disable-usage-stats",
     ]
-    # Private: /tmp (scratch, Ray's session dir), /dev/shm (object store), the head's --temp-dir path, and
+    # Private: /tmp (scratch), /dev/shm (object store), the head's --temp-dir (Ray's session dir), and
     # a HOME of its own (~/.cache: adapters, models, HF hub). The real HOME stays (pyenv's python is there).
     home = st / "nodes" / name
     home.mkdir(parents=True, exist_ok=True)
     env["HOME"] = str(home)
     env.pop("XDG_CACHE_HOME", None)
     env.pop("TTFT_CACHE_DIR", None)
-    private = ["/tmp", "/dev/shm", str(st / "ray"), str(home)]
+    Path(state["ray_tmp"]).mkdir(parents=True, exist_ok=True)
+    private = ["/tmp", "/dev/shm", state["ray_tmp"], str(home)]
     script = " && ".join(
         [f"mount -t tmpfs -o size=8g,mode=1777 tmpfs {shlex.quote(p)}" for p in private]
         + ["exec " + shlex.join(ray_cmd)]
@@ -320,6 +324,8 @@ def down(directory: str | Path | None = None) -> int:
         if any(str(port) in p.name for port in _s3_ports(state)):
             p.unlink(missing_ok=True)
     shutil.rmtree(st, ignore_errors=True)
+    if state.get("ray_tmp"):
+        shutil.rmtree(state["ray_tmp"], ignore_errors=True)
     return len(pids)
 
 
