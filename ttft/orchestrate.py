@@ -217,7 +217,7 @@ def run_finetunes(
         retries=orc.retries,
         target_workers=target,
         planner=BudgetPlanner(deadline, orc.min_steps),
-        planned_steps=cfg.ttft.optim.steps,
+        planned_steps=None if cfg.ttft.optim.epochs is not None else cfg.ttft.optim.steps,
     )
     print(
         f"[ttft] {len(jobs)} fine-tune jobs: {len(existing)} found in the registry, {sched.to_train} to train"

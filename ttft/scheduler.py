@@ -185,7 +185,7 @@ class Scheduler:
         retries: int,
         target_workers: int,
         planner: BudgetPlanner | None = None,
-        planned_steps: int = 0,
+        planned_steps: int | None = None,  # the config's steps; None when they follow from `epochs`
     ):
         self.jobs = list(jobs)
         self.retries = retries
@@ -292,11 +292,13 @@ class Scheduler:
         return sent, skipped
 
     def _planned(self) -> int:
-        """Planned steps of a job: the config's, or with `epochs`, the latest finished job's plan."""
+        """Planned steps of a job: the config's, or (epochs: `planned_steps` None) the latest job's plan."""
+        if self.planned_steps is not None:
+            return self.planned_steps
         for o in reversed(list(self.outcomes.values())):
             if o.planned_steps:
                 return o.planned_steps
-        return self.planned_steps
+        return 0
 
     # ---- results -------------------------------------------------------------------------------------
     def succeeded(self, wid: int, row: dict[str, Any]) -> JobOutcome:
