@@ -11,7 +11,8 @@ import unicodedata
 
 # characters that reorder or hide text (Trojan-source style) besides the C0/C1 controls
 _BIDI = {0x200E, 0x200F, 0x061C, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+# inline markup a cell or list item can hold (line-start markup cannot occur: every line starts with ours)
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
 def _unsafe(ch: str) -> bool:
@@ -40,7 +41,8 @@ def terminal(text: object, limit: int | None = None) -> str:
 
 
 def markdown(text: object, limit: int | None = 500) -> str:
-    """One line of inert Markdown: HTML-escaped, Markdown punctuation backslash-escaped, controls escaped."""
+    """Inert inline Markdown on one line: HTML-escaped (`<`, `>`, `&`, `"`), inline markup characters
+    backslash-escaped (code, emphasis, links / images, table cells, strikethrough), controls escaped."""
     s = " ".join(terminal(text, limit).split())
     s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
     return _MD_SPECIAL.sub(r"\\\1", s)
