@@ -332,9 +332,13 @@ class Bound:
 
     def __str__(self) -> str:
         if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {_num(self.low)}"
         left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
+        return f"in {left}{_num(self.low)}, {_num(self.high)}{right}"
+
+
+def _num(x: float | None) -> str:
+    return str(int(x)) if isinstance(x, int) or (isinstance(x, float) and x.is_integer()) else f"{x:g}"
 
 
 MAX_INT = 2**32 - 1  # no config integer is larger (they reach C code: torch, vLLM, numpy seeds)
@@ -392,7 +396,7 @@ def _check_bounds(flat: dict[str, Any]) -> None:
     for key, bound in BOUNDS.items():
         value = flat.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool) and not bound.holds(value):
-            raise ConfigError(f"{key}: must be {bound}, got {value:g}")
+            raise ConfigError(f"{key}: must be {bound}, got {_num(value)}")
     for key in NON_EMPTY:
         if not flat.get(key):
             raise ConfigError(f"{key}: must not be empty")
