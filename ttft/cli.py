@@ -20,9 +20,9 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     try:
         res = load_tasks(args.source, solutions=args.solutions, skip_invalid=True)
     except (TaskError, OSError, ValueError) as e:
-        print(f"invalid: {e}")
+        print(f"invalid: {terminal(e)}")
         return 1
-    print(f"{len(res.tasks)} valid tasks in {args.source}")
+    print(f"{len(res.tasks)} valid tasks in {terminal(args.source)}")
     for err in res.errors:
         print(f"invalid: {err}")
     if res.errors:
@@ -86,7 +86,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     try:
         tasks = load_tasks(cfg.data.source, solutions=cfg.data.solutions, ids=[args.task]).tasks
     except (TaskError, OSError, ValueError) as e:
-        print(f"error: {e}")
+        print(f"error: {terminal(e)}")
         return 1
     if not tasks:
         print(f"error: task {args.task!r} not found in {cfg.data.source}")
