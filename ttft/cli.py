@@ -78,11 +78,11 @@ def cmd_init_tiny(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """One task, in this process (no Ray): for debugging a recipe."""
+    cfg = config_from_args(args)  # a bad config fails before the heavy imports below
     from ttft.finetune import Finetuner, make_jobs
     from ttft.model import model_identity
     from ttft.registry import AdapterRegistry
 
-    cfg = config_from_args(args)
     try:
         tasks = load_tasks(cfg.data.source, solutions=cfg.data.solutions, ids=[args.task]).tasks
     except (TaskError, OSError, ValueError) as e:
