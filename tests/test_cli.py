@@ -40,14 +40,27 @@ def test_score_and_validate_a_submission(tmp_path):
     path = tmp_path / "submission.json"
     path.write_text(json.dumps(sub))
     result = str(tmp_path / "r")
-    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation", "--out", result)
+    out = ttft(
+        "score",
+        "--submission",
+        str(path),
+        "--solutions",
+        "arc1/evaluation",
+        "--out",
+        result,
+        "--only-submitted",
+    )
     assert out.returncode == 0, out.stdout
     n1 = len(tasks[1].test_outputs)
     expected = 1 + (n1 - 1) / n1  # task 0 solved by attempt_2; task 1 misses its first test output
-    assert f"score: {expected:g} / 2 tasks" in out.stdout
+    assert f"score: {expected:g} / 2 tasks" in out.stdout and "2 of 400 tasks" in out.stdout
+    # Kaggle semantics by default: the 398 tasks the submission lacks count as 0
+    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation")
+    assert out.returncode == 1 and f"score: {expected:g} / 400 tasks" in out.stdout
+    assert "398 of 400 task(s) missing from the submission (scored 0)" in out.stdout
     sub[tasks[0].id] = []
     path.write_text(json.dumps(sub))
-    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation")
+    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation", "--only-submitted")
     assert out.returncode == 1 and f"task {tasks[0].id}: expected" in out.stdout
 
 

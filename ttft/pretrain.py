@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -340,10 +341,21 @@ def load_checkpoint(
     fp: dict[str, Any],
     device: Any = "cpu",
 ) -> TrainState:
-    """Restore what `save_checkpoint` wrote; refuses a checkpoint of another model / data / recipe."""
+    """Restore what `save_checkpoint` wrote; refuses a checkpoint of another model / data / recipe.
+
+    Loaded with `weights_only=True`: tensors, containers and numbers only, so a checkpoint from a writable
+    bucket cannot run code here (a pickle with anything else is refused with a one-line ValueError).
+    """
     path = Path(directory) / STATE_FILE
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = " ".join(str(e).split())[:300]
+        raise ValueError(f"{path}: refused: not a plain tensors-and-numbers checkpoint ({reason})") from None
+    except (RuntimeError, EOFError) as e:  # truncated or not a torch checkpoint at all
+        raise ValueError(f"{path}: unreadable checkpoint: {' '.join(str(e).split())[:300]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        ckpt = ckpt if isinstance(ckpt, dict) else {}
         raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}")
     diff = sorted(
         k for k in fp.keys() | ckpt["fingerprint"].keys() if fp.get(k) != ckpt["fingerprint"].get(k)

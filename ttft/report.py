@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from ttft.augment import Augmentation
 from ttft.inference import Predictions
+from ttft.safetext import markdown as md
 from ttft.scoring import ScoreReport
 from ttft.tasks import Task
 
@@ -220,7 +221,7 @@ def plot_run(rec: RunRecord, rows: list[dict], out: Path) -> list[str]:
 def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plots: list[str]) -> str:
     """report.md: accuracy, val loss, stage times, adapters, failures, reductions, per-task table."""
     acc = summary["accuracy"]
-    lines = [f"# ttft run `{rec.name}`", ""]
+    lines = [f"# ttft run {md(rec.name)}", ""]
     if acc is not None:
         lines += [
             f"**Accuracy (pass@2): {100 * acc:.1f}%** — {summary['solved']:.2f} of {len(rec.tasks)} tasks "
@@ -244,12 +245,12 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
         f"| fine-tunes skipped (budget) | {c.get('skipped', 0)} |",
     ]
     for stage, s in rec.stage_seconds.items():
-        lines.append(f"| time: {stage} | {s:.1f} s |")
+        lines.append(f"| time: {md(stage)} | {s:.1f} s |")
     lines.append("")
     if summary["failed"] or rec.invalid_tasks:
         lines += ["## Failures", ""]
-        lines += [f"- fine-tune {','.join(f['tasks'])}: {f['error']}" for f in summary["failed"]]
-        lines += [f"- invalid task: {e}" for e in rec.invalid_tasks]
+        lines += [f"- fine-tune {md(','.join(f['tasks']))}: {md(f['error'])}" for f in summary["failed"]]
+        lines += [f"- invalid task: {md(e)}" for e in rec.invalid_tasks]
         lines.append("")
     if summary["requeued"] or rec.adapter_errors:
         lines += ["## Recovered", ""]
@@ -266,7 +267,9 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
         lines.append("")
     if summary["reduced"]:
         lines += ["## Budget reductions", ""]
-        lines += [f"- {','.join(r['tasks'])}: {r['steps']}/{r['planned']} steps" for r in summary["reduced"]]
+        lines += [
+            f"- {md(','.join(r['tasks']))}: {r['steps']}/{r['planned']} steps" for r in summary["reduced"]
+        ]
         lines.append("")
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     lines += [
@@ -279,8 +282,8 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
         solved = "-" if r["solved"] is None else ("yes" if r["solved"] else "no")
         oracle = "-" if r["oracle"] is None else ("yes" if r["oracle"] else "no")
         lines.append(
-            f"| {r['task_id']} | {r['test_index']} | {solved} | {oracle} | {r['votes_1']}/{r['votes_2']} "
-            f"| {r['finetune']} | {'yes' if r['fallback'] else 'no'} | {_fmt(r['val_loss_before'])} "
+            f"| {md(r['task_id'])} | {r['test_index']} | {solved} | {oracle} | {r['votes_1']}/{r['votes_2']} "
+            f"| {md(r['finetune'])} | {'yes' if r['fallback'] else 'no'} | {_fmt(r['val_loss_before'])} "
             f"| {_fmt(r['val_loss_after'])} |"
         )
     return "\n".join(lines) + "\n"
@@ -301,7 +304,9 @@ def compare_runs(run_dirs: Sequence[str | Path], out_png: str | Path | None = No
         acc = "-" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
         orc = "-" if s.get("oracle") is None else f"{100 * s['oracle']:.1f}%"
         nfail = sum(len(f["tasks"]) for f in s["failed"])
-        lines.append(f"| {s['name']} | {_fmt(vl)} | {acc} | {orc} | {s['finetune_seconds']:.1f} | {nfail} |")
+        lines.append(
+            f"| {md(s['name'])} | {_fmt(vl)} | {acc} | {orc} | {s['finetune_seconds']:.1f} | {nfail} |"
+        )
     if out_png:
         import matplotlib
 
