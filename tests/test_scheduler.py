@@ -16,7 +16,13 @@ def jobs(n: int) -> list[FinetuneJob]:
 
 
 def row(steps: int = 10, seconds: float = 2.0, train: float = 1.0) -> dict:
-    return {"steps": steps, "planned_steps": steps, "seconds": seconds, "train_seconds": train, "reduced": False}
+    return {
+        "steps": steps,
+        "planned_steps": steps,
+        "seconds": seconds,
+        "train_seconds": train,
+        "reduced": False,
+    }
 
 
 def test_pool_target_prefers_exact_then_max_workers_then_what_fits():

@@ -255,15 +255,15 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
     if summary["requeued"] or rec.adapter_errors:
         lines += ["## Recovered", ""]
         lines += [
-            f"- requeued {','.join(r['tasks'])}: its worker died {r['requeues']}x; trained again"
+            f"- requeued {md(','.join(r['tasks']))}: its worker died {r['requeues']}x; trained again"
             for r in summary["requeued"]
         ]
-        lines += [f"- {tid}: {why}; predicted by the base model" for tid, why in rec.adapter_errors.items()]
+        lines += [f"- {md(t)}: {md(why)}; base model used" for t, why in rec.adapter_errors.items()]
         lines.append("")
     if summary["placement"]:
         lines += ["## Placement", "", "| node | tasks fine-tuned | tasks predicted |", "|---|---|---|"]
         for node, n in sorted(summary["placement"].items()):
-            lines.append(f"| {node} | {n['finetune']} | {n['inference']} |")
+            lines.append(f"| {md(node)} | {n['finetune']} | {n['inference']} |")
         lines.append("")
     if summary["reduced"]:
         lines += ["## Budget reductions", ""]
