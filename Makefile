@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed-$(STACK)
 CONFIG ?= jobs/configs/smoke.yaml
 RAY_ADDRESS ?= http://127.0.0.1:8265
 PYTEST_ARGS ?=
+# Extra job options for eval / eval-cluster, e.g. ARGS="--limit 4 --set name=try"
+ARGS ?=
 
 .PHONY: install install-gpu test test-fast eval eval-cluster bench canary lint format ray-head ray-stop clean
 
@@ -36,14 +38,14 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 eval: install
-	$(BIN)/python -m jobs.eval --config $(CONFIG)
+	$(BIN)/python -m jobs.eval --config $(CONFIG) $(ARGS)
 
 # The entrypoint's `python` is the one on the PATH of the head's `ray start` (make ray-head and
 # cluster/emulate.sh put this venv first; cluster nodes install ttft into theirs). TTFT_SUBMIT_DIR lets a
 # job on a local head resolve relative out_dir / registry.root against this checkout.
 eval-cluster: install
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-token} $(BIN)/ray job submit --address $(RAY_ADDRESS) --working-dir . \
-		--runtime-env cluster/runtime_env.yaml -- TTFT_SUBMIT_DIR=$(CURDIR) python -m jobs.eval --config $(CONFIG)
+		--runtime-env cluster/runtime_env.yaml -- TTFT_SUBMIT_DIR=$(CURDIR) python -m jobs.eval --config $(CONFIG) $(ARGS)
 
 bench: install
 	$(BIN)/python -m bench.run
