@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests.s3_server import s3_server  # noqa: F401  (session fixture)
 from ttft import objstore
+from ttft.config import ModelConfig
 from ttft.formats import ALPHABET, MARKERS, build_prompt, build_target
 from ttft.model import (
     SPECIAL_TOKENS,
@@ -20,6 +21,7 @@ from ttft.model import (
     init_tiny_model,
     load_base_model,
     model_identity,
+    pin_model,
     resolve_model_path,
 )
 from ttft.tasks import Pair
@@ -262,3 +264,39 @@ def test_base_model_path(tmp_path: Path, tiny_model_dir: Path):
     assert base_model_path(ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct")) == "Qwen/Qwen2.5-0.5B-Instruct"
     hf = ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct", revision="r1")
     assert base_model_path(hf) == "Qwen/Qwen2.5-0.5B-Instruct@r1"
+
+
+def test_pin_model_resolves_an_hf_revision_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The driver pins an HF id to a commit: keys cannot change when actors fill their HF cache mid-run."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct")
+    with pytest.raises(ValueError, match="set model.revision to a 40-hex commit"):
+        pin_model(cfg)  # offline, nothing cached: refuse rather than key adapters on a moving "main"
+    sha = "0123abcd" * 5
+    pinned, ident = pin_model(ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct", revision=sha))
+    assert (pinned.revision, ident) == (sha, f"hf:Qwen/Qwen2.5-0.5B-Instruct@{sha}")
+    refs = tmp_path / "models--Qwen--Qwen2.5-0.5B-Instruct" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(sha)
+    pinned, ident = pin_model(cfg)
+    assert pinned.revision == sha and ident == f"hf:Qwen/Qwen2.5-0.5B-Instruct@{sha}"
+    # What an actor computes from the pinned config, whatever its own cache holds, is the same identity.
+    (refs / "main").write_text("f" * 40)  # "main" moved on after the driver pinned it
+    assert model_identity(base_model_path(pinned)) == ident
+
+
+def test_s3_model_identity_from_its_listing(s3_server, tiny_model_dir: Path, monkeypatch):  # noqa: F811
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    uri = f"s3://{s3_server.bucket}/test-model/ident"
+    fs, path = objstore.filesystem_from_uri(uri)
+    objstore.upload_dir(tiny_model_dir, fs, path)
+    pinned, ident = pin_model(ModelConfig(name=uri))
+    assert pinned.name == uri and ident.startswith("s3sha256:") and ident == model_identity(uri + "/")
+    objstore.write_bytes(fs, f"{path}/config.json", b'{"changed": true}')
+    assert model_identity(uri) != ident
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        model_identity(f"s3://{s3_server.bucket}/test-model/none")

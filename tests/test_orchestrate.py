@@ -175,7 +175,8 @@ def test_cluster_files_parse_and_name_existing_entrypoints():
     launcher = yaml.safe_load((ROOT / "cluster/gpu-cluster.yaml").read_text())
     assert {"head", "gpu_worker"} <= set(launcher["available_node_types"])
     assert launcher["available_node_types"]["gpu_worker"]["resources"]["GPU"] >= 1
-    assert any(".[gpu]" in c for c in launcher["setup_commands"])
+    assert any("make install-gpu" in c for c in launcher["setup_commands"])
+    assert all(".venv/bin" in c for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"])
     job = yaml.safe_load((ROOT / "cluster/rayjob.yaml").read_text())
     assert job["kind"] == "RayJob"
     entry = job["spec"]["entrypoint"].split()
@@ -183,7 +184,14 @@ def test_cluster_files_parse_and_name_existing_entrypoints():
     assert (ROOT / entry[entry.index("--config") + 1]).is_file()
     env = yaml.safe_load((ROOT / "cluster/runtime_env.yaml").read_text())
     assert ".venv" in env["excludes"]
+    env_vars = yaml.safe_load(job["spec"]["runtimeEnvYAML"]).get("env_vars", {})
+    assert not [k for k in env_vars if "SECRET" in k or "TOKEN" in k]  # secrets come from the pods' env
+    pods = [job["spec"]["rayClusterSpec"]["headGroupSpec"]] + job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    for pod in pods:
+        assert pod["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "ttft-s3"}}]
+    assert "make install-gpu" in (ROOT / "cluster/Dockerfile").read_text()
     makefile = (ROOT / "Makefile").read_text()
+    assert "install-gpu:" in makefile and ".[$(STACK),test]" in makefile
     assert "ray job submit" in makefile and "cluster/runtime_env.yaml" in makefile and "jobs.eval" in makefile
     assert "start" in (ROOT / "cluster/local_head.sh").read_text()
 
@@ -196,6 +204,24 @@ def test_entrypoint_help_documents_options(module):
     assert proc.returncode == 0, proc.stderr
     for opt in ("--config", "--registry", "--model", "--set"):
         assert opt in proc.stdout
+
+
+def test_paths_that_a_ray_job_would_lose_are_resolved_or_refused(ray_client, tmp_path, monkeypatch):
+    from ttft.config import ConfigError
+    from ttft.orchestrate import check_cluster_paths
+
+    cfg = load_config(ROOT / "jobs/configs/smoke.yaml")  # out_dir: runs, registry.root: runs/registry
+    assert check_cluster_paths(cfg) == cfg  # a plain local run: relative paths are the user's own
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # as under `ray job submit`
+    monkeypatch.delenv("TTFT_SUBMIT_DIR", raising=False)
+    with pytest.raises(ConfigError, match="temporary working directory"):
+        check_cluster_paths(cfg)
+    monkeypatch.setenv("TTFT_SUBMIT_DIR", str(ROOT))  # make eval-cluster on a local head
+    fixed = check_cluster_paths(cfg)
+    assert fixed.out_dir == str(ROOT / "runs") and fixed.registry.root == str(ROOT / "runs/registry")
+    monkeypatch.setenv("TTFT_SUBMIT_DIR", str(tmp_path))  # not a checkout this machine has: refused
+    with pytest.raises(ConfigError, match="out_dir"):
+        check_cluster_paths(cfg)
 
 
 def test_finetune_summary_json_written(ray_client, tiny_model_dir, tmp_path):
