@@ -176,7 +176,8 @@ def test_cluster_files_parse_and_name_existing_entrypoints():
     assert {"head", "gpu_worker"} <= set(launcher["available_node_types"])
     assert launcher["available_node_types"]["gpu_worker"]["resources"]["GPU"] >= 1
     assert any("make install-gpu" in c for c in launcher["setup_commands"])
-    assert all(".venv/bin" in c for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"])
+    starts = launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+    assert all(".venv/bin" in c for c in starts)
     job = yaml.safe_load((ROOT / "cluster/rayjob.yaml").read_text())
     assert job["kind"] == "RayJob"
     entry = job["spec"]["entrypoint"].split()
@@ -186,7 +187,8 @@ def test_cluster_files_parse_and_name_existing_entrypoints():
     assert ".venv" in env["excludes"]
     env_vars = yaml.safe_load(job["spec"]["runtimeEnvYAML"]).get("env_vars", {})
     assert not [k for k in env_vars if "SECRET" in k or "TOKEN" in k]  # secrets come from the pods' env
-    pods = [job["spec"]["rayClusterSpec"]["headGroupSpec"]] + job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    spec = job["spec"]["rayClusterSpec"]
+    pods = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
     for pod in pods:
         assert pod["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "ttft-s3"}}]
     assert "make install-gpu" in (ROOT / "cluster/Dockerfile").read_text()
