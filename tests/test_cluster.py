@@ -185,8 +185,10 @@ def test_kuberay_shaped_submission_with_env_vars_runs(cluster, tmp_path):
         "--runtime-env-json",
         json.dumps(runtime_env),
         "--",
-        "python -m jobs.eval --config jobs/configs/cluster_smoke.yaml --limit 2 --set name=ct-kuberay "
-        "--set registry.root=s3://ttft/registry/ct",
+        *(
+            "python -m jobs.eval --config jobs/configs/cluster_smoke.yaml --limit 2 --set name=ct-kuberay "
+            "--set registry.root=s3://ttft/registry/ct"
+        ).split(),
     ]
     proc = run(cmd, client_env(cluster))
     assert proc.returncode == 0, tail(proc)
@@ -211,8 +213,10 @@ def test_worker_node_lost_mid_run_requeues_and_registers_each_adapter_once(clust
             "--runtime-env",
             str(ROOT / "cluster/runtime_env.yaml"),
             "--",
-            f"python -m jobs.eval --config jobs/configs/cluster_smoke.yaml --limit 8 --set name={name} "
-            f"--set registry.root=s3://ttft/{prefix} --set ttft.optim.steps=48",
+            *(
+                f"python -m jobs.eval --config jobs/configs/cluster_smoke.yaml --limit 8 --set name={name} "
+                f"--set registry.root=s3://ttft/{prefix} --set ttft.optim.steps=48"
+            ).split(),
         ],
         env,
         timeout=300,

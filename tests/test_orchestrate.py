@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -257,3 +258,32 @@ def test_finetune_summary_json_written(ray_client, tiny_model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "cli" / "finetune.json").read_text())
     assert data["counts"] == {"trained": 2}
+
+
+def test_object_store_down_exits_3_and_says_why(ray_client, tmp_path):
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "k"}
+    env["AWS_SECRET_ACCESS_KEY"] = "s"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.finetune",
+            "--config",
+            "jobs/configs/smoke.yaml",
+            "--limit",
+            "2",
+            "--registry",
+            "s3://ttft/down",
+            "--set",
+            f"out_dir={tmp_path}",
+            "--address",
+            ray_client["gcs"],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "the registry at s3://ttft/down failed" in proc.stderr and "Traceback" not in proc.stderr
