@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 
 from jobs.common import Stopwatch, parser, run_dir, setup, start_ray, tasks_of
-from ttft.report import RunRecord, write_run
-from ttft.scoring import score_submission, solutions_of
+from ttft.report import RunRecord, scoring_note, write_run
+from ttft.scoring import known_solutions, score_submission
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,14 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     preds = run_inference(cfg, tasks, adapters)
     write_predictions(preds, out)
     clock.lap("inference")
-    solutions = solutions_of(tasks)
+    solutions = known_solutions(tasks)  # tasks without solutions are predicted, not scored
     score = score_submission(preds.submission(), solutions) if solutions else None
     result = write_run(
         RunRecord(cfg.name, tasks, clock.stages, None, preds, score, invalid, cfg.ttft.enabled), out
     )
     print(f"submission: {out / 'submission.json'}")
     if result["accuracy"] is not None:
-        print(f"accuracy (pass@2): {100 * result['accuracy']:.1f}% ({result['solved']:g}/{len(tasks)} tasks)")
+        acc, solved = 100 * result["accuracy"], result["solved"]
+        print(f"accuracy (pass@2): {acc:.1f}% ({solved:g}/{len(solutions)} tasks)")
+    if len(solutions) < len(tasks):
+        print(scoring_note(len(tasks), len(solutions)))
     return 0
 
 

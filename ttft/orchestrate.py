@@ -23,13 +23,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import pyarrow as pa
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from ttft.config import OrchestrateConfig, RegistryConfig, RunConfig, parse_duration, ttft_hash
 from ttft.finetune import FinetuneJob, Finetuner, make_jobs
-from ttft.inference import Adapter, Predictions, predict
+from ttft.inference import Adapter, Predictions, merge_predictions, predict
 from ttft.model import base_model_path, model_identity
 from ttft.registry import AdapterRegistry
 from ttft.tasks import Task
@@ -416,12 +415,9 @@ def task_adapters(
 
 def _predict_local(cfg: RunConfig, tasks: Sequence[Task], adapters: dict[str, Adapter | None]) -> Predictions:
     """One vLLM engine in this process over all tasks."""
-    from transformers import AutoTokenizer
-
     from ttft.vllm_engine import VllmEngine
 
     model_dir = base_model_path(cfg.model)
-    tok = AutoTokenizer.from_pretrained(model_dir)
     inf = cfg.inference
     n_adapters = len({a.key for a in adapters.values() if a})
     engine = VllmEngine(
@@ -435,14 +431,7 @@ def _predict_local(cfg: RunConfig, tasks: Sequence[Task], adapters: dict[str, Ad
         seed=inf.seed,
     )
     try:
-        return predict(
-            engine,
-            tasks,
-            adapters,
-            inf,
-            cfg.ttft.samples.encoder,
-            lambda s: len(tok(s, add_special_tokens=False).input_ids),
-        )
+        return predict(engine, tasks, adapters, inf, cfg.ttft.samples.encoder)
     finally:
         engine.close()
 
@@ -466,10 +455,4 @@ def run_inference(cfg: RunConfig, tasks: Sequence[Task], adapters: dict[str, Ada
     parts = ray.get(
         [w.predict.remote(cfg, s, {t.id: adapters.get(t.id) for t in s}) for w, s in zip(workers, shards)]
     )
-    return Predictions(
-        candidates=pa.concat_tables([p.candidates for p in parts]),
-        attempts={k: v for p in parts for k, v in p.attempts.items()},
-        fallback=set().union(*(p.fallback for p in parts)),
-        seconds=max(p.seconds for p in parts),
-        output_tokens=sum(p.output_tokens for p in parts),
-    )
+    return merge_predictions(parts)

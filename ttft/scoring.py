@@ -181,3 +181,9 @@ def solutions_of(tasks: Sequence[Task]) -> dict[str, list[Grid]]:
             raise ValueError(f"task {task.id}: no known test outputs to score against")
         out[task.id] = [[list(r) for r in g] for g in task.test_outputs]
     return out
+
+
+def known_solutions(tasks: Sequence[Task]) -> dict[str, list[Grid]]:
+    """{task_id: test outputs} of the tasks whose test outputs are known; the others are left out (a Kaggle
+    challenges file without solutions gives {}: nothing to score)."""
+    return solutions_of([t for t in tasks if t.test_outputs is not None])
