@@ -279,7 +279,7 @@ def load_base_model(
     if it has none.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     path = resolve_model_path(model, cache_dir)
     name, revision = (path, None) if Path(path).is_dir() else _split_revision(path)
@@ -294,13 +294,23 @@ def load_base_model(
             bnb_4bit_compute_dtype=compute,
             bnb_4bit_use_double_quant=True,
         )
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(path)
     loaded = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     if load_in_4bit:
         disable_cpu_4bit_repack(loaded)
     return loaded, tokenizer
+
+
+def load_tokenizer(model: str, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """A model's tokenizer (HF id, ``id@revision``, local or s3:// dir); pad token: eos if it has none."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model, cache_dir)
+    name, revision = (path, None) if Path(path).is_dir() else _split_revision(path)
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def disable_cpu_4bit_repack(model) -> int:
