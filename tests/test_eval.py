@@ -193,3 +193,34 @@ def test_tune_sweep_of_two_trials(tiny_model_dir, tmp_path, monkeypatch):
     tracked = client.search_runs([client.get_experiment_by_name("ttft-sweep").experiment_id])
     assert len(tracked) == 2 and all(r.data.metrics["val_loss"] > 0 for r in tracked)
     assert {r.data.params["ttft.optim.steps"] for r in tracked} <= {"2", "3"}
+
+
+def test_kaggle_challenges_without_solutions_finish_with_a_submission(tiny_model_dir, tmp_path):
+    """The Kaggle journey: a challenges file with no test outputs runs to the end, exit 0, a valid submission
+    for every task, and a report that says nothing was scored."""
+    tasks = load_tasks("arc1/evaluation", max_side=6, limit=2).tasks
+    challenges = tmp_path / "challenges.json"
+    challenges.write_text(json.dumps({t.id: t.with_test_outputs(None).to_json() for t in tasks}))
+    proc = run(
+        [
+            *("-m", "jobs.eval", "--config", "jobs/configs/smoke.yaml", "--data", str(challenges)),
+            *("--model", str(tiny_model_dir), "--registry", str(tmp_path / "registry"), "--name", "kaggle"),
+            *(
+                "--set",
+                f"out_dir={tmp_path}",
+                "--set",
+                "ttft.optim.steps=2",
+                "--set",
+                "inference.d8=[identity]",
+            ),
+            *("--num-cpus", "2"),
+        ]
+    )
+    run_dir = tmp_path / "kaggle"
+    sub = read_submission(run_dir / "submission.json")
+    assert validate_submission(sub, tasks) == [] and set(sub) == {t.id for t in tasks}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["accuracy"] is None and summary["scored_tasks"] == 0
+    assert "No solutions: not scored" in (run_dir / "report.md").read_text()
+    assert "No solutions: not scored" in proc.stdout and "accuracy" not in proc.stdout
+    assert pq.read_table(run_dir / "predictions.parquet").num_rows == sum(len(t.test_inputs) for t in tasks)
