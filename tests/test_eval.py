@@ -181,11 +181,15 @@ def test_tune_sweep_of_two_trials(tiny_model_dir, tmp_path, monkeypatch):
             f"tracking.uri={tmp_path / 'mlruns'}",
         ]
     )
-    assert "Best config" in proc.stdout
+    assert "Best config" in proc.stdout and "Held out (1 tasks, not used to select)" in proc.stdout
     table = (tmp_path / "smoke-sweep" / "sweep.md").read_text()
     assert table.count("\n| ") >= 3  # header + 2 trials
     best = json.loads((tmp_path / "smoke-sweep" / "best.json").read_text())
     assert best["metrics"]["val_loss"] > 0
+    # selected on one task, reported on the other: disjoint, and the held-out numbers are its own
+    assert len(best["select_tasks"]) == len(best["report_tasks"]) == 1
+    assert set(best["select_tasks"]).isdisjoint(best["report_tasks"])
+    assert best["held_out"]["val_loss"] > 0 and 0 <= best["held_out"]["accuracy"] <= 1
     from mlflow.tracking import MlflowClient  # tracking on: one MLflow run per trial, with its metric
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -224,3 +228,16 @@ def test_kaggle_challenges_without_solutions_finish_with_a_submission(tiny_model
     assert "No solutions: not scored" in (run_dir / "report.md").read_text()
     assert "No solutions: not scored" in proc.stdout and "accuracy" not in proc.stdout
     assert pq.read_table(run_dir / "predictions.parquet").num_rows == sum(len(t.test_inputs) for t in tasks)
+
+
+def test_sweep_split_is_stable_disjoint_and_never_empty():
+    from jobs.sweep import split_tasks
+
+    tasks = load_tasks("arc1/evaluation", max_side=6, limit=9).tasks
+    select, report = split_tasks(tasks, 0.5)
+    assert len(select) == 4 and len(report) == 5
+    assert {t.id for t in select}.isdisjoint(t.id for t in report) and len(select) + len(report) == 9
+    assert split_tasks(tasks[::-1], 0.5) == (select, report)  # by content, not by order
+    assert [len(x) for x in split_tasks(tasks[:2], 0.9)] == [1, 1]
+    with pytest.raises(ValueError, match="at least 2 tasks"):
+        split_tasks(tasks[:1], 0.5)
