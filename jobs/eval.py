@@ -13,8 +13,8 @@ import time
 
 from jobs.common import Stopwatch, parser, publish, run_dir, setup, start_ray, tasks_of
 from ttft.registry import RegistryError
-from ttft.report import RunRecord, write_run
-from ttft.scoring import score_submission, solutions_of
+from ttft.report import RunRecord, scoring_note, write_run
+from ttft.scoring import known_solutions, score_submission
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     write_predictions(preds, out.local)
     clock.lap("inference")
-    solutions = solutions_of(tasks)
+    solutions = known_solutions(tasks)  # tasks without solutions are predicted, not scored
     score = score_submission(preds.submission(), solutions) if solutions else None
     base_val = {}
     if not cfg.ttft.enabled and solutions:  # the seed's baseline row has a val loss too: the base model's
@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     result = write_run(rec, out.local)
     if result["accuracy"] is not None:
-        print(f"accuracy (pass@2): {100 * result['accuracy']:.1f}% ({result['solved']:g}/{len(tasks)} tasks)")
+        acc, solved = 100 * result["accuracy"], result["solved"]
+        print(f"accuracy (pass@2): {acc:.1f}% ({solved:g}/{len(solutions)} tasks)")
+    if len(solutions) < len(tasks):
+        print(scoring_note(len(tasks), len(solutions)))
     if cfg.tracking.backend is not None:
         from ttft.tracking import log_run, tracked_run
 

@@ -168,3 +168,41 @@ def test_sampling_n_and_arguments(vllm_engine):
         vllm_engine.generate([GenRequest(PROMPTS[2])], max_tokens=4, n=2)
     with pytest.raises(ValueError, match="max_tokens"):
         vllm_engine.generate([GenRequest(PROMPTS[2])], max_tokens=0)
+
+
+def test_token_id_prompts_are_what_the_model_sees(vllm_engine, tiny_model_dir: Path):
+    """A prompt given as token ids generates exactly what its text does (the tiny tokenizer adds nothing),
+    and ids the text would not produce change the output: vLLM really uses the ids."""
+    from ttft.samples import prompt_token_ids
+
+    tok = vllm_engine.tokenizer
+    ids = [tuple(prompt_token_ids(tok, p)) for p in PROMPTS]
+    by_text = vllm_engine.generate([GenRequest(p) for p in PROMPTS], max_tokens=MAX_TOKENS)
+    by_ids = vllm_engine.generate(
+        [GenRequest(p, prompt_token_ids=i) for p, i in zip(PROMPTS, ids)], max_tokens=MAX_TOKENS
+    )
+    assert by_ids == by_text
+    other = tuple(prompt_token_ids(tok, PROMPTS[1]))
+    [[swapped]] = vllm_engine.generate(
+        [GenRequest(PROMPTS[0], prompt_token_ids=other)], max_tokens=MAX_TOKENS
+    )
+    assert swapped == by_text[1][0]  # the text field is ignored when ids are given
+
+
+def test_stop_strings_end_generation_before_the_string(vllm_engine, adapters: dict[str, Path]):
+    """Greedy output cut at the first occurrence of a stop string, which is not returned."""
+    choices = [GenRequest(p) for p in PROMPTS] + [
+        GenRequest(p, str(path), name) for name, path in adapters.items() for p in PROMPTS
+    ]
+    free = vllm_engine.generate(choices, max_tokens=40)
+    # a request whose output has a character first appearing after the start (the random tiny model
+    # repeats itself a lot, the random adapters less)
+    req, text, stop = next(
+        (r, out.text, ch)
+        for r, [out] in zip(choices, free)
+        for ch in dict.fromkeys(out.text)
+        if out.text.index(ch) > 0
+    )
+    [[cut]] = vllm_engine.generate([req], max_tokens=40, stop=[stop, "<never>"])
+    assert cut.text == text[: text.index(stop)]
+    assert cut.finish_reason == "stop" and 0 < cut.n_tokens < 40

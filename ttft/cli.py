@@ -30,6 +30,39 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 1 if res.errors else 0
 
 
+def cmd_data_fit(args: argparse.Namespace) -> int:
+    """Prompt and answer token lengths of a dataset under the config; exit 1 if some cannot be predicted."""
+    from ttft.datafit import fit_report
+    from ttft.model import base_model_path, load_tokenizer
+    from ttft.samples import prompt_token_ids
+
+    cfg = config_from_args(args)
+    d = cfg.data
+    try:
+        res = load_tasks(
+            d.source, solutions=d.solutions, ids=d.ids, limit=d.limit, max_side=d.max_side, skip_invalid=True
+        )
+        tok = load_tokenizer(base_model_path(cfg.model))
+        tok.model_max_length = 1 << 30  # only counting here: no warning about prompts past the model's limit
+    except (TaskError, OSError, ValueError) as e:
+        print(f"error: {e}")
+        return 1
+    for err in res.errors:
+        print(f"invalid: {err}")
+    encoder = cfg.ttft.samples.encoder
+    print(f"model {cfg.model.name} ({type(tok).__name__}), encoder {encoder}")
+    report = fit_report(
+        d.source,
+        res.tasks,
+        cfg.inference,
+        encoder,
+        lambda s: len(prompt_token_ids(tok, s)),
+        lambda s: len(tok(s, add_special_tokens=False).input_ids),
+    )
+    print("\n".join(report.lines(cfg.inference.max_model_len)))
+    return 0 if report.predictable == report.test_outputs else 1
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     """Score a submission with Kaggle semantics (every solutions task counts, missing ones score 0), or only
     its own tasks with --only-submitted; validate it against --tasks, else against the solutions."""
@@ -219,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("source", help="e.g. arc1/evaluation, tasks/, challenges.json")
     v.add_argument("--solutions", help="Kaggle solutions file for a challenges file")
     v.set_defaults(fn=cmd_data_validate)
+    fit = data.add_parser(
+        "fit",
+        help="prompt/output token lengths under a config (median, p90, max) and how many test outputs "
+        "can be predicted at all; exit 1 if some cannot",
+    )
+    add_config_args(fit)
+    fit.set_defaults(fn=cmd_data_fit)
 
     s = sub.add_parser("score", help="score a Kaggle submission (ARC pass@2)")
     s.add_argument("--submission", required=True, help="submission.json: a local path or s3:// URI")

@@ -142,7 +142,7 @@ class InferenceConfig:
     keep_zero: bool = True
     n: int = 1  # samples per prompt (1 = greedy only)
     temperature: float = 0.0
-    max_tokens: int | None = None  # None: bounded from the 30x30 grid limit and the task's grids
+    max_tokens: int | None = None  # None: per prompt, from the train pairs (inference.output_budget)
     max_model_len: int = 4096
     max_loras: int = 16  # LoRA slots per batch; more adapters wait for a slot (bench/inference)
     max_cpu_loras: int | None = None

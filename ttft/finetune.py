@@ -24,7 +24,7 @@ from peft import get_peft_model, prepare_model_for_kbit_training
 from ttft.config import LoraConfig, ModelConfig, TTFTConfig, ttft_hash
 from ttft.model import base_model_path, load_base_model
 from ttft.registry import adapter_key
-from ttft.samples import Sample, train_samples, val_samples
+from ttft.samples import Sample, encode_prompt_target, train_samples, val_samples
 from ttft.tasks import Task
 
 
@@ -129,13 +129,8 @@ def peft_lora_config(lc: LoraConfig) -> PeftLoraConfig:
 
 
 def encode_sample(tokenizer: Any, sample: Sample) -> tuple[list[int], list[int]]:
-    """Token ids and labels: prompt tokens masked (-100), target + EOS learned.
-
-    Prompt and target are tokenized separately, exactly as inference sees them (prompt in, target out).
-    """
-    p = tokenizer(sample.prompt, add_special_tokens=False).input_ids
-    t = tokenizer(sample.target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    return p + t, [-100] * len(p) + t
+    """Token ids and labels: prompt tokens masked (-100), target + EOS learned (see encode_prompt_target)."""
+    return encode_prompt_target(tokenizer, sample.prompt, sample.target)
 
 
 def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, device: Any = "cpu") -> dict:

