@@ -282,7 +282,8 @@ def render_report(rec: RunRecord, summary: dict[str, Any], rows: list[dict], plo
             "No prompt fitted, under any augmentation; the submission holds a placeholder for them.",
             "",
         ]
-        lines += [f"- {s['task_id']} test {s['test_index']}: {s['reason']}" for s in summary["skipped"]]
+        for x in summary["skipped"]:
+            lines.append(f"- {md(x['task_id'])} test {x['test_index']}: {md(x['reason'])}")
         lines.append("")
     if summary["reduced"]:
         lines += ["## Budget reductions", ""]
