@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 CONFIG ?= jobs/configs/smoke.yaml
 RAY_ADDRESS ?= http://127.0.0.1:8265
 PYTEST_ARGS ?=
+# extra arguments of the eval job, e.g. make eval ARGS=--verbose (all third-party logging)
+ARGS ?=
 
 .PHONY: install test test-fast eval eval-cluster bench canary lint format ray-head ray-stop clean
 
@@ -28,7 +30,7 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 eval: install
-	$(BIN)/python -m jobs.eval --config $(CONFIG)
+	$(BIN)/python -m jobs.eval --config $(CONFIG) $(ARGS)
 
 eval-cluster: install
 	$(BIN)/ray job submit --address $(RAY_ADDRESS) --working-dir . \

@@ -8,7 +8,7 @@ import sys
 import time
 
 from jobs.common import Stopwatch, parser, run_dir, setup, start_ray, tasks_of
-from ttft.report import RunRecord, write_run
+from ttft.report import RunRecord, stage_summary, write_run
 from ttft.scoring import score_submission, solutions_of
 
 
@@ -49,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         clock.lap("val loss")
     rec = RunRecord(cfg.name, tasks, clock.stages, summary, preds, score, invalid, cfg.ttft.enabled, base_val)
     result = write_run(rec, out)
-    if result["accuracy"] is not None:
-        print(f"accuracy (pass@2): {100 * result['accuracy']:.1f}% ({result['solved']:g}/{len(tasks)} tasks)")
-    print(f"report: {out / 'report.md'}")
+    print(stage_summary(rec, result, out / "report.md"))
     if cfg.tracking.backend is not None:
         from ttft.tracking import log_run, tracked_run
 

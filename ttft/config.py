@@ -142,6 +142,7 @@ class InferenceConfig:
     max_cpu_loras: int | None = None
     gpu_memory_utilization: float | None = None
     engines: int | None = None  # vLLM engines (one per GPU); None: one per GPU, or 1 on CPU
+    dtype: str | None = None  # vLLM's dtype; None: model.dtype (serve as trained), auto: vLLM's choice
     seed: int = 0
 
 
@@ -212,6 +213,7 @@ _CHOICES = {
     "ttft.samples.encoder": {"minimal", "shape"},
     "ttft.optim.schedule": {"cosine", "linear", "constant"},
     "model.dtype": {"float32", "bfloat16", "float16"},
+    "inference.dtype": {None, "auto", "float32", "bfloat16", "float16"},
     "tracking.backend": {None, "wandb", "mlflow"},
 }
 

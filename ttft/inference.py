@@ -8,17 +8,21 @@ or run out of tokens become invalid candidates, never errors.
 from __future__ import annotations
 
 import json
+import math
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ttft.augment import Augmentation, random_color_map
 from ttft.config import InferenceConfig
+from ttft.console import warn
 from ttft.formats import ParseError, build_target, parse_output
 from ttft.samples import fit_examples
 from ttft.scoring import Submission, submission_from_attempts
@@ -26,6 +30,7 @@ from ttft.tasks import Task
 from ttft.voting import Attempt, Candidate, vote
 
 MAX_SIDE = 30
+PROGRESS_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,40 @@ def build_prompts(
     return prompts, skipped
 
 
-def generate(engine, prompts: Sequence[Prompt], cfg: InferenceConfig) -> list[list]:
-    """One engine call over all prompts: every adapter, augmentation and per-prompt max_tokens together."""
+class InferenceProgress:
+    """Console progress of an engine pass (a ``ProgressFn``): prompts done / total, tokens/s, ETA.
+
+    Prints at most one line per ``interval_s`` and always the last one; inside a Ray actor the lines go to
+    the actor's stderr, which Ray forwards to the driver.
+    """
+
+    def __init__(self, prompts: int, interval_s: float = PROGRESS_INTERVAL_S, out: TextIO = sys.stderr):
+        self.prompts, self.interval, self.out = prompts, interval_s, out
+        self.last = time.monotonic()  # the first line comes after one interval (or at the end)
+
+    def line(self, done: int, elapsed: float, tokens_per_s: float | None) -> str:
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.prompts - done) / rate if rate > 0 else math.nan
+        speed = f"{tokens_per_s:.0f} tok/s" if tokens_per_s is not None else "? tok/s"
+        eta_s = f"{eta:.0f}s" if math.isfinite(eta) else "?"
+        return (
+            f"[ttft] inference {done}/{self.prompts} prompts | {speed} | elapsed {elapsed:.0f}s | ETA {eta_s}"
+        )
+
+    def __call__(self, done: int, total: int, elapsed: float, tokens_per_s: float | None) -> None:
+        """Called by the engine per finished request; ``done``/``total`` may count completions (n each)."""
+        prompts_done = min(self.prompts, round(done * self.prompts / total)) if total else self.prompts
+        now = time.monotonic()
+        if prompts_done >= self.prompts or now - self.last >= self.interval:
+            self.last = now
+            print(self.line(prompts_done, elapsed, tokens_per_s), file=self.out, flush=True)
+
+
+def generate(engine, prompts: Sequence[Prompt], cfg: InferenceConfig, progress=None) -> list[list]:
+    """One engine call over all prompts: every adapter, augmentation and per-prompt max_tokens together.
+
+    ``progress`` (e.g. an :class:`InferenceProgress`) is called as requests finish.
+    """
     from ttft.vllm_engine import GenRequest
 
     reqs = [
@@ -116,7 +153,11 @@ def generate(engine, prompts: Sequence[Prompt], cfg: InferenceConfig) -> list[li
         for p in prompts
     ]
     return engine.generate(
-        reqs, max_tokens=[p.max_tokens for p in prompts], n=cfg.n, temperature=cfg.temperature
+        reqs,
+        max_tokens=[p.max_tokens for p in prompts],
+        n=cfg.n,
+        temperature=cfg.temperature,
+        progress=progress,
     )
 
 
@@ -183,11 +224,17 @@ def predict(
     cfg: InferenceConfig,
     encoder: str,
     count_tokens: Callable[[str], int],
+    progress_interval_s: float = PROGRESS_INTERVAL_S,
 ) -> Predictions:
-    """Predict every test output of `tasks` in one engine pass and vote over augmentations."""
+    """Predict every test output of `tasks` in one engine pass and vote over augmentations.
+
+    Progress lines (:class:`InferenceProgress`) go to stderr every ``progress_interval_s``.
+    """
     t0 = time.perf_counter()
-    prompts, _ = build_prompts(tasks, adapters, cfg, encoder, count_tokens)
-    results = generate(engine, prompts, cfg)
+    prompts, skipped = build_prompts(tasks, adapters, cfg, encoder, count_tokens)
+    for task_id, why in skipped.items():  # once per task, in the run's own words
+        warn(f"task {task_id}: {why}; no prediction for it")
+    results = generate(engine, prompts, cfg, InferenceProgress(len(prompts), progress_interval_s))
     preds = collect(tasks, prompts, results, encoder)
     preds.seconds = time.perf_counter() - t0
     return preds

@@ -28,6 +28,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from ttft.config import OrchestrateConfig, RegistryConfig, RunConfig, parse_duration, ttft_hash
+from ttft.console import ray_init_kwargs
 from ttft.finetune import FinetuneJob, Finetuner, make_jobs
 from ttft.inference import Adapter, Predictions, predict
 from ttft.model import base_model_path, model_identity
@@ -391,10 +392,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         return
     address = address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("TTFT_", "AWS_", "HF_"))}}
+    opts = {**ray_init_kwargs(env), **kwargs}  # quiet workers unless --verbose (ttft.console)
     if address:
-        ray.init(address=address, runtime_env=env, **kwargs)
+        ray.init(address=address, **opts)
     else:  # "local": never attach to some other cluster that happens to run on this machine
-        ray.init(address="local", num_cpus=num_cpus, runtime_env=env, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, **opts)
 
 
 def task_adapters(
@@ -418,7 +420,7 @@ def _predict_local(cfg: RunConfig, tasks: Sequence[Task], adapters: dict[str, Ad
     """One vLLM engine in this process over all tasks."""
     from transformers import AutoTokenizer
 
-    from ttft.vllm_engine import VllmEngine
+    from ttft.vllm_engine import VllmEngine, serving_dtype
 
     model_dir = base_model_path(cfg.model)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -432,6 +434,7 @@ def _predict_local(cfg: RunConfig, tasks: Sequence[Task], adapters: dict[str, Ad
         max_cpu_loras=inf.max_cpu_loras or n_adapters + 1,
         max_model_len=inf.max_model_len,
         gpu_memory_utilization=inf.gpu_memory_utilization,
+        dtype=serving_dtype(cfg.model.dtype, inf.dtype),
         seed=inf.seed,
     )
     try:
@@ -442,6 +445,7 @@ def _predict_local(cfg: RunConfig, tasks: Sequence[Task], adapters: dict[str, Ad
             inf,
             cfg.ttft.samples.encoder,
             lambda s: len(tok(s, add_special_tokens=False).input_ids),
+            progress_interval_s=cfg.orchestrate.progress_interval_s,
         )
     finally:
         engine.close()
