@@ -134,8 +134,16 @@ def test_ray_workers_are_quiet_and_forward_ttft_lines():
             print("[ttft] inference 1/2 prompts from a worker", file=sys.stderr, flush=True)
             return logging.getLogger("bitsandbytes").getEffectiveLevel()
 
+        @ray.remote(num_cpus=0)
+        class Engine:
+            def report(self):
+                for done in (2, 4):
+                    print(f"[ttft] inference {done}/4 prompts", file=sys.stderr, flush=True)
+
         assert ray.get(work.remote()) == logging.ERROR
-        time.sleep(3)  # let the log monitor forward the worker's stderr
+        engines = [Engine.remote(), Engine.remote()]  # similar lines from two processes: never folded
+        ray.get([e.report.remote() for e in engines])
+        time.sleep(5)  # let the log monitor forward the workers' stderr
         ray.shutdown()
         """
     )
@@ -144,6 +152,8 @@ def test_ray_workers_are_quiet_and_forward_ttft_lines():
     assert "NOISE" not in out, out
     assert "Started a local Ray instance" not in out and "Token authentication" not in out, out
     assert "[ttft] inference 1/2 prompts from a worker" in out, out
+    assert out.count("[ttft] inference 2/4 prompts") == out.count("[ttft] inference 4/4 prompts") == 2, out
+    assert "repeated" not in out, out
 
 
 def test_inference_progress_lines_interval_and_last_line():

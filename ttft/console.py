@@ -37,7 +37,7 @@ QUIET_ENV: dict[str, str] = {
 }
 # Set in both modes: ttft's own lines from Ray workers (progress of engines on other nodes) are never
 # folded into "[repeated Nx across cluster]".
-ALWAYS_ENV: dict[str, str] = {"RAY_DEDUP_LOGS_SKIP_REGEX": r"\[ttft\]"}
+ALWAYS_ENV: dict[str, str] = {"RAY_DEDUP_LOGS_ALLOW_REGEX": r"\[ttft\]"}
 QUIET_LOGGERS = (
     "accelerate",
     "bitsandbytes",
@@ -70,7 +70,7 @@ def quiet() -> None:
         os.environ.setdefault(k, v)
     if is_verbose() or _saved is not None:
         return
-    saved: dict[str, Any] = {"env": [], "levels": {}, "filters": []}
+    saved: dict[str, Any] = {"env": [], "levels": {}, "filters": list(warnings.filters)}
     for k, v in QUIET_ENV.items():
         if k not in os.environ:
             os.environ[k] = v
@@ -82,7 +82,6 @@ def quiet() -> None:
             logger.setLevel(logging.ERROR)
     for category, module in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", category=category, module=module)
-        saved["filters"].append(warnings.filters[0])
     if "transformers" in sys.modules:  # imported before us: its verbosity was read already
         from transformers.utils import logging as hf_logging
 
@@ -101,10 +100,8 @@ def verbose() -> None:
         os.environ.pop(k, None)
     for name, level in _saved["levels"].items():
         logging.getLogger(name).setLevel(level)
-    for f in _saved["filters"]:
-        if f in warnings.filters:
-            warnings.filters.remove(f)
-    warnings._filters_mutated()  # type: ignore[attr-defined]  # the stdlib's own hook after a removal
+    warnings.filters[:] = _saved["filters"]  # quiet() runs first thing: nothing else added filters since
+    warnings._filters_mutated()  # type: ignore[attr-defined]  # what the stdlib calls after such a change
     _saved = None
 
 
@@ -115,6 +112,8 @@ def setup_console(verbose_flag: bool | None = None) -> bool:
     also in vLLM's spawned processes, which re-import the entry module with the parent's argv).
     Returns whether the console is verbose.
     """
+    for k, v in ALWAYS_ENV.items():
+        os.environ.setdefault(k, v)
     if verbose_flag is None:
         verbose_flag = "--verbose" in sys.argv[1:]
     if verbose_flag or is_verbose():
