@@ -57,3 +57,10 @@ def test_init_tiny_and_delegated_help(tmp_path):
     for cmd in ("infer", "eval", "sweep", "pretrain"):
         h = ttft(cmd, "--help")
         assert h.returncode == 0 and "--config" in h.stdout, (cmd, h.stderr[-500:])
+
+
+def test_verbose_flag_on_ttft_and_before_a_delegated_job():
+    out = ttft("--verbose", "data", "validate", "arc1/evaluation")
+    assert out.returncode == 0 and "400 valid tasks" in out.stdout
+    out = ttft("--verbose", "eval", "--help")  # moved after the job name, where the job's parser takes it
+    assert out.returncode == 0 and "--verbose" in out.stdout and "TTFT_VERBOSE" in out.stdout
