@@ -115,6 +115,27 @@ def test_ray_init_kwargs_merge_the_callers_runtime_env(monkeypatch):
     }
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_ray_init_kwargs_inside_a_submitted_job_repeat_no_key_of_the_job(monkeypatch, verbose):
+    """`ray job submit` drivers: Ray refuses a ray.init runtime_env that repeats a key of the job's."""
+    import json
+
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    if verbose:
+        monkeypatch.setenv(console.VERBOSE_ENV, "1")
+    job_env = {"working_dir": "gcs://x.zip", "env_vars": {"VLLM_LOGGING_LEVEL": "INFO", "HF_HOME": "/h"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": job_env}))
+    env = console.ray_init_kwargs({"env_vars": {"HF_HOME": "/h", "TTFT_X": "1"}})["runtime_env"]
+    assert not set(env) & (set(job_env) - {"env_vars"})
+    assert not set(env["env_vars"]) & set(job_env["env_vars"])
+    assert env["env_vars"]["TTFT_X"] == "1"
+    if not verbose:
+        assert env["worker_process_setup_hook"] == console.SETUP_HOOK
+        job_env["worker_process_setup_hook"] = "other.hook"
+        monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": job_env}))
+        assert "worker_process_setup_hook" not in console.ray_init_kwargs({})["runtime_env"]
+
+
 @pytest.mark.slow
 def test_ray_workers_are_quiet_and_forward_ttft_lines():
     """A local Ray through init_ray: a worker's third-party warnings are gone, its [ttft] lines arrive."""

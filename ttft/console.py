@@ -16,6 +16,7 @@ ttft's own lines (progress, warnings about fallbacks and skipped tasks) print in
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -128,16 +129,35 @@ def ray_init_kwargs(runtime_env: dict[str, Any]) -> dict[str, Any]:
 
     ``runtime_env`` (with ``env_vars``) is merged, not replaced; its variables win over the quiet ones.
     Verbose: only ``runtime_env`` itself (``TTFT_VERBOSE`` travels in it when the caller forwards TTFT_*).
+    Inside a submitted Ray job, keys the job's own runtime_env sets are left out: they apply already, and
+    Ray refuses a driver runtime_env that repeats them.
     """
+    job_env = _job_runtime_env()
     if is_verbose():
-        return {"runtime_env": runtime_env}
-    env_vars = {**ALWAYS_ENV, **QUIET_ENV, **{k: os.environ[k] for k in QUIET_ENV if k in os.environ}}
-    merged = {
-        **runtime_env,
-        "env_vars": {**env_vars, **runtime_env.get("env_vars", {})},
-        "worker_process_setup_hook": runtime_env.get("worker_process_setup_hook", SETUP_HOOK),
-    }
-    return {"runtime_env": merged, "logging_level": logging.ERROR}
+        merged = dict(runtime_env)
+        kw: dict[str, Any] = {}
+    else:
+        env_vars = {**ALWAYS_ENV, **QUIET_ENV, **{k: os.environ[k] for k in QUIET_ENV if k in os.environ}}
+        merged = {
+            **runtime_env,
+            "env_vars": {**env_vars, **runtime_env.get("env_vars", {})},
+            "worker_process_setup_hook": runtime_env.get("worker_process_setup_hook", SETUP_HOOK),
+        }
+        kw = {"logging_level": logging.ERROR}
+    merged = {k: v for k, v in merged.items() if k == "env_vars" or k not in job_env}
+    taken = job_env.get("env_vars") or {}
+    merged["env_vars"] = {k: v for k, v in merged.get("env_vars", {}).items() if k not in taken}
+    return {"runtime_env": merged, **kw}
+
+
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the submitted Ray job this driver runs in (``ray job submit``), else {}."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    try:
+        env = json.loads(raw).get("runtime_env") if raw else None
+    except (ValueError, AttributeError):
+        return {}
+    return env if isinstance(env, dict) else {}
 
 
 def warn(message: str) -> None:
