@@ -192,3 +192,14 @@ def test_inference_progress_lines_interval_and_last_line():
     prog = InferenceProgress(8, interval_s=0.0, out=buf2)
     prog(2, 8, 1.0, None)
     assert buf2.getvalue().strip() == "[ttft] inference 2/8 prompts | ? tok/s | elapsed 1s | ETA 3s"
+
+
+def test_inference_progress_prints_about_ten_lines_however_many_prompts():
+    import io
+
+    buf = io.StringIO()
+    prog = InferenceProgress(1000, interval_s=0.0, out=buf)
+    for done in range(1, 1001):
+        prog(done, 1000, done / 100, 50.0)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("[ttft] inference 1000/1000 prompts"), lines

@@ -115,13 +115,18 @@ def build_prompts(
 class InferenceProgress:
     """Console progress of an engine pass (a ``ProgressFn``): prompts done / total, tokens/s, ETA.
 
-    Prints at most one line per ``interval_s`` and always the last one; inside a Ray actor the lines go to
-    the actor's stderr, which Ray forwards to the driver.
+    Prints at most one line per ``interval_s``, and only when another tenth of the prompts is done or
+    ``HEARTBEAT_S`` passed without a line (about ten lines per pass however long it runs), and always the
+    last one. Inside a Ray actor the lines go to the actor's stderr, which Ray forwards to the driver.
     """
+
+    HEARTBEAT_S = 60.0
 
     def __init__(self, prompts: int, interval_s: float = PROGRESS_INTERVAL_S, out: TextIO = sys.stderr):
         self.prompts, self.interval, self.out = prompts, interval_s, out
+        self.step = max(1, math.ceil(prompts / 10))
         self.last = time.monotonic()  # the first line comes after one interval (or at the end)
+        self.last_done = 0
 
     def line(self, done: int, elapsed: float, tokens_per_s: float | None) -> str:
         rate = done / elapsed if elapsed > 0 else 0.0
@@ -136,8 +141,9 @@ class InferenceProgress:
         """Called by the engine per finished request; ``done``/``total`` may count completions (n each)."""
         prompts_done = min(self.prompts, round(done * self.prompts / total)) if total else self.prompts
         now = time.monotonic()
-        if prompts_done >= self.prompts or now - self.last >= self.interval:
-            self.last = now
+        moved = prompts_done - self.last_done >= self.step or now - self.last >= self.HEARTBEAT_S
+        if prompts_done >= self.prompts or (now - self.last >= self.interval and moved):
+            self.last, self.last_done = now, prompts_done
             print(self.line(prompts_done, elapsed, tokens_per_s), file=self.out, flush=True)
 
 
