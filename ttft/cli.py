@@ -9,9 +9,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ttft.config import ConfigError, add_config_args, config_from_args
 from ttft.console import setup_console
-from ttft.tasks import TaskError, load_tasks
+
+# Before any third-party import, and also in vLLM's spawned processes (they re-import the entry module).
+setup_console()
+
+from ttft.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from ttft.tasks import TaskError, load_tasks  # noqa: E402
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
