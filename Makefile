@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed-$(STACK)
 CONFIG ?= jobs/configs/smoke.yaml
 RAY_ADDRESS ?= http://127.0.0.1:8265
 PYTEST_ARGS ?=
-# Extra job options for eval / eval-cluster, e.g. ARGS="--limit 4 --set name=try"
+# Extra job options for eval / eval-cluster, e.g. ARGS="--limit 4 --set name=try", or ARGS=--verbose
+# (all third-party logging)
 ARGS ?=
 
 .PHONY: install install-gpu test test-fast eval eval-cluster bench canary lint format ray-head ray-stop clean

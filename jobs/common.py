@@ -7,9 +7,14 @@ import dataclasses
 import sys
 import time
 
-from ttft.config import ConfigError, RunConfig, add_config_args, config_from_args
-from ttft.runs import RunDir
-from ttft.tasks import Task, TaskError, load_tasks
+from ttft.console import setup_console
+
+# Before any third-party import, and also when vLLM's spawned processes re-import the entry module.
+setup_console()
+
+from ttft.config import ConfigError, RunConfig, add_config_args, config_from_args  # noqa: E402
+from ttft.runs import RunDir  # noqa: E402
+from ttft.tasks import Task, TaskError, load_tasks  # noqa: E402
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -19,11 +24,15 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started when no cluster is given")
+    p.add_argument(
+        "--verbose", action="store_true", help="show all third-party logging (also: TTFT_VERBOSE=1)"
+    )
     return p
 
 
 def setup(args: argparse.Namespace) -> RunConfig:
     """Parse the config or exit 2 with a one-line error naming the key."""
+    setup_console(getattr(args, "verbose", False))
     try:
         cfg = config_from_args(args)
         if cfg.tracking.backend is not None:

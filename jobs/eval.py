@@ -13,7 +13,7 @@ import time
 
 from jobs.common import Stopwatch, parser, publish, run_dir, setup, start_ray, tasks_of
 from ttft.registry import RegistryError
-from ttft.report import RunRecord, scoring_note, write_run
+from ttft.report import RunRecord, stage_summary, write_run
 from ttft.scoring import known_solutions, score_submission
 
 
@@ -76,11 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         adapter_errors=inference.adapter_errors,
     )
     result = write_run(rec, out.local)
-    if result["accuracy"] is not None:
-        acc, solved = 100 * result["accuracy"], result["solved"]
-        print(f"accuracy (pass@2): {acc:.1f}% ({solved:g}/{len(solutions)} tasks)")
-    if len(solutions) < len(tasks):
-        print(scoring_note(len(tasks), len(solutions)))
+    print(stage_summary(rec, result, out.path("report.md")))
     if cfg.tracking.backend is not None:
         from ttft.tracking import log_run, tracked_run
 

@@ -99,3 +99,10 @@ def test_data_fit_reports_lengths_and_predictable_outputs(tiny_model_dir):
         tiny_model_dir, "--data", "arc1/evaluation", "--limit", "5", "--set", "inference.max_tokens=8"
     )
     assert tight.returncode == 1 and "the answer exceeds max_tokens under every augmentation" in tight.stdout
+
+
+def test_verbose_flag_on_ttft_and_before_a_delegated_job():
+    out = ttft("--verbose", "data", "validate", "arc1/evaluation")
+    assert out.returncode == 0 and "400 valid tasks" in out.stdout
+    out = ttft("--verbose", "eval", "--help")  # moved after the job name, where the job's parser takes it
+    assert out.returncode == 0 and "--verbose" in out.stdout and "TTFT_VERBOSE" in out.stdout

@@ -11,9 +11,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ttft.config import ConfigError, add_config_args, config_from_args
-from ttft.safetext import terminal
-from ttft.tasks import TaskError, load_tasks
+from ttft.console import setup_console
+
+# Before any third-party import, and also in vLLM's spawned processes (they re-import the entry module).
+setup_console()
+
+from ttft.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from ttft.safetext import terminal  # noqa: E402
+from ttft.tasks import TaskError, load_tasks  # noqa: E402
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
@@ -245,6 +250,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ttft", description="Test-time fine-tuning for ARC at cluster scale.")
+    p.add_argument(
+        "--verbose", action="store_true", help="show all third-party logging (also: TTFT_VERBOSE=1)"
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     data = sub.add_parser("data", help="task data tools").add_subparsers(dest="action", required=True)
@@ -329,12 +337,15 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: objec
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--verbose"] and argv[1:2] and argv[1] in DELEGATED:  # the jobs take it after NAME
+        argv = [argv[1], "--verbose", *argv[2:]]
     if argv and argv[0] in DELEGATED:
         import importlib
 
         return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning
+    setup_console(args.verbose)
     try:
         return args.fn(args)
     except ConfigError as e:

@@ -148,6 +148,7 @@ class InferenceConfig:
     max_cpu_loras: int | None = None
     gpu_memory_utilization: float | None = None
     engines: int | None = None  # vLLM engines (one per GPU); None: one per GPU, or 1 on CPU
+    dtype: str | None = None  # vLLM's dtype; None: model.dtype (serve as trained), auto: vLLM's choice
     seed: int = 0
 
 
@@ -222,6 +223,7 @@ _CHOICES = {
     "ttft.optim.schedule": {"cosine", "linear", "constant"},
     "model.dtype": {"float32", "bfloat16", "float16"},
     "model.device": {"auto", "cpu", "cuda"},
+    "inference.dtype": {None, "auto", "float32", "bfloat16", "float16"},
     "tracking.backend": {None, "wandb", "mlflow"},
 }
 

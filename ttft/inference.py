@@ -11,20 +11,23 @@ fit `max_model_len` is recorded as skipped, with the reason.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ttft.augment import Augmentation, random_color_map
 from ttft.config import InferenceConfig
+from ttft.console import warn
 from ttft.formats import STOP_STRINGS, ParseError, build_target, parse_output
 from ttft.samples import fit_examples, prompt_token_ids
 from ttft.scoring import Submission, submission_from_attempts
@@ -38,6 +41,7 @@ from ttft.voting import Attempt, Candidate, vote
 # budgets 1.8-3.0x the real answers' tokens on average (the old 3x-input-side rule: 2.0-4.9x, and up to
 # 6 tasks per set impossible).
 BUDGET_MARGIN = 2.0
+PROGRESS_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -169,8 +173,46 @@ def build_prompts(
     return prompts, skipped
 
 
-def generate(engine, prompts: Sequence[Prompt], cfg: InferenceConfig) -> list[list]:
-    """One engine call over all prompts: every adapter, augmentation and per-prompt max_tokens together."""
+class InferenceProgress:
+    """Console progress of an engine pass (a ``ProgressFn``): prompts done / total, tokens/s, ETA.
+
+    Prints at most one line per ``interval_s``, and only when another tenth of the prompts is done or
+    ``HEARTBEAT_S`` passed without a line (about ten lines per pass however long it runs), and always the
+    last one. Inside a Ray actor the lines go to the actor's stderr, which Ray forwards to the driver.
+    """
+
+    HEARTBEAT_S = 60.0
+
+    def __init__(self, prompts: int, interval_s: float = PROGRESS_INTERVAL_S, out: TextIO = sys.stderr):
+        self.prompts, self.interval, self.out = prompts, interval_s, out
+        self.step = max(1, math.ceil(prompts / 10))
+        self.last = time.monotonic()  # the first line comes after one interval (or at the end)
+        self.last_done = 0
+
+    def line(self, done: int, elapsed: float, tokens_per_s: float | None) -> str:
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.prompts - done) / rate if rate > 0 else math.nan
+        speed = f"{tokens_per_s:.0f} tok/s" if tokens_per_s is not None else "? tok/s"
+        eta_s = f"{eta:.0f}s" if math.isfinite(eta) else "?"
+        return (
+            f"[ttft] inference {done}/{self.prompts} prompts | {speed} | elapsed {elapsed:.0f}s | ETA {eta_s}"
+        )
+
+    def __call__(self, done: int, total: int, elapsed: float, tokens_per_s: float | None) -> None:
+        """Called by the engine per finished request; ``done``/``total`` may count completions (n each)."""
+        prompts_done = min(self.prompts, round(done * self.prompts / total)) if total else self.prompts
+        now = time.monotonic()
+        moved = prompts_done - self.last_done >= self.step or now - self.last >= self.HEARTBEAT_S
+        if prompts_done >= self.prompts or (now - self.last >= self.interval and moved):
+            self.last, self.last_done = now, prompts_done
+            print(self.line(prompts_done, elapsed, tokens_per_s), file=self.out, flush=True)
+
+
+def generate(engine, prompts: Sequence[Prompt], cfg: InferenceConfig, progress=None) -> list[list]:
+    """One engine call over all prompts: every adapter, augmentation and per-prompt max_tokens together.
+
+    ``progress`` (e.g. an :class:`InferenceProgress`) is called as requests finish.
+    """
     from ttft.vllm_engine import GenRequest
 
     reqs = [
@@ -185,6 +227,7 @@ def generate(engine, prompts: Sequence[Prompt], cfg: InferenceConfig) -> list[li
         n=cfg.n,
         temperature=cfg.temperature,
         stop=STOP_STRINGS,
+        progress=progress,
     )
 
 
@@ -298,11 +341,13 @@ def predict(
     cfg: InferenceConfig,
     encoder: str,
     count_tokens: Callable[[str], int] | None = None,
+    progress_interval_s: float = PROGRESS_INTERVAL_S,
 ) -> Predictions:
     """Predict every test output of `tasks` in one engine pass and vote over augmentations.
 
     Prompts go to the engine as ``samples.prompt_token_ids`` of its tokenizer (the ids training uses);
-    ``count_tokens`` measures prompts when fitting examples (default: the length of those ids).
+    ``count_tokens`` measures prompts when fitting examples (default: the length of those ids). Progress
+    lines (:class:`InferenceProgress`) go to stderr every ``progress_interval_s``.
     """
     t0 = time.perf_counter()
     tok = engine.tokenizer
@@ -313,7 +358,9 @@ def predict(
     prompts, skipped = build_prompts(
         tasks, adapters, cfg, encoder, count_tokens or (lambda s: len(encode(s))), encode
     )
-    results = generate(engine, prompts, cfg)
+    for task_id, n in collections.Counter(r["task_id"] for r in skipped).items():  # once per task
+        warn(f"task {task_id}: {n} prompts do not fit inference.max_model_len={cfg.max_model_len}; skipped")
+    results = generate(engine, prompts, cfg, InferenceProgress(len(prompts), progress_interval_s))
     preds = collect(tasks, prompts, results, encoder, skipped)
     preds.seconds = time.perf_counter() - t0
     return preds

@@ -26,6 +26,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from ttft.config import RegistryConfig, RunConfig, parse_duration, ttft_hash
+from ttft.console import ray_init_kwargs, warn
 from ttft.finetune import FinetuneJob, Finetuner, make_jobs
 from ttft.inference import Adapter, Predictions, merge_predictions, predict
 from ttft.model import base_model_path, model_identity
@@ -340,10 +341,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    # Only verbosity settings and the quiet hook travel (ttft.console); never credentials.
+    verbose = {k: v for k, v in os.environ.items() if k == "TTFT_VERBOSE"}
+    opts = {**ray_init_kwargs({"env_vars": verbose}), **kwargs}
     if address:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address, **opts)
     else:  # "local": never attach to some other cluster that happens to run on this machine
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, **opts)
 
 
 def in_ray_job() -> bool:
@@ -451,11 +455,11 @@ class InferenceShard:
 
 def predict_here(cfg: RunConfig, tasks: Sequence[Task], keys: dict[str, str | None]) -> InferenceShard:
     """Fetch the adapters and run one vLLM engine in this process over `tasks`."""
-    from ttft.vllm_engine import VllmEngine
+    from ttft.vllm_engine import VllmEngine, serving_dtype
 
     adapters, errors = fetch_adapters(open_registry(cfg.registry), keys)
     for tid, why in sorted(errors.items()):
-        print(f"[ttft] {tid}: {why}; predicted by the base model", file=sys.stderr, flush=True)
+        warn(f"task {tid}: {why}; predicted by the base model")
     model_dir = base_model_path(cfg.model)
     inf = cfg.inference
     n_adapters = len({a.key for a in adapters.values() if a})
@@ -467,10 +471,18 @@ def predict_here(cfg: RunConfig, tasks: Sequence[Task], keys: dict[str, str | No
         max_cpu_loras=inf.max_cpu_loras or n_adapters + 1,
         max_model_len=inf.max_model_len,
         gpu_memory_utilization=inf.gpu_memory_utilization,
+        dtype=serving_dtype(cfg.model.dtype, inf.dtype),
         seed=inf.seed,
     )
     try:
-        preds = predict(engine, tasks, adapters, inf, cfg.ttft.samples.encoder)
+        preds = predict(
+            engine,
+            tasks,
+            adapters,
+            inf,
+            cfg.ttft.samples.encoder,
+            progress_interval_s=cfg.orchestrate.progress_interval_s,
+        )
     finally:
         engine.close()
     node = this_node() if ray.is_initialized() else "local"

@@ -363,3 +363,50 @@ def compare_runs(run_dirs: Sequence[str | Path], out_png: str | Path | None = No
         fig.savefig(out_png, dpi=110)
         plt.close(fig)
     return "\n".join(lines) + "\n"
+
+
+def stage_summary(rec: RunRecord, summary: dict[str, Any], report: str | Path) -> str:
+    """The closing block of a run on the console: tasks, fine-tunes, inference, accuracy, time per stage,
+    where the report is; `summary` is what :func:`write_run` returned. Warnings that matter (tasks served
+    by the base model because their fine-tune failed) appear here once.
+    """
+    invalid = f" ({len(rec.invalid_tasks)} invalid, skipped)" if rec.invalid_tasks else ""
+    lines = [f"[ttft] run {rec.name}: {len(rec.tasks)} tasks{invalid}"]
+    if rec.ttft_enabled:
+        c = summary["finetune_counts"]
+        skipped = f", {c['skipped']} skipped (budget)" if c.get("skipped") else ""
+        lines.append(
+            f"  fine-tune: {c.get('trained', 0)} trained, {c.get('reused', 0)} reused, "
+            f"{c.get('failed', 0)} failed{skipped}"
+        )
+    else:
+        lines.append("  fine-tune: off (baseline: the base model answers)")
+    preds = rec.predictions
+    if preds is not None:
+        speed = f", {preds.output_tokens / preds.seconds:.0f} tok/s" if preds.seconds > 0 else ""
+        lines.append(
+            f"  inference: {preds.candidates.num_rows} candidates, {preds.output_tokens} tokens "
+            f"in {preds.seconds:.1f}s{speed}"
+        )
+        if rec.ttft_enabled and preds.fallback:
+            ids = sorted(preds.fallback)
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            lines.append(f"  warning: {len(ids)} tasks had no adapter and ran on the base model: {shown}")
+    if summary.get("accuracy") is not None:
+        oracle = f"; oracle {100 * summary['oracle']:.1f}%" if summary.get("oracle") is not None else ""
+        lines.append(
+            f"  accuracy (pass@2): {100 * summary['accuracy']:.1f}% "
+            f"({summary['solved']:g}/{summary['scored_tasks']} tasks){oracle}"
+        )
+    if summary["scored_tasks"] < len(rec.tasks):
+        lines.append(f"  {scoring_note(len(rec.tasks), summary['scored_tasks'])}")
+    if summary.get("placement") and len(summary["placement"]) > 1:
+        nodes = ", ".join(
+            f"{n} {v['finetune']}/{v['inference']}" for n, v in sorted(summary["placement"].items())
+        )
+        lines.append(f"  placement (tasks fine-tuned/predicted): {nodes}")
+    if rec.stage_seconds:
+        stages = " | ".join(f"{k} {v:.0f}s" for k, v in rec.stage_seconds.items())
+        lines.append(f"  time: {stages} | total {sum(rec.stage_seconds.values()):.0f}s")
+    lines.append(f"  report: {report}")
+    return "\n".join(lines)
