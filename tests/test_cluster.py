@@ -215,7 +215,7 @@ def test_worker_node_lost_mid_run_requeues_and_registers_each_adapter_once(clust
             "--",
             *(
                 f"python -m jobs.eval --config jobs/configs/cluster_smoke.yaml --limit 8 --set name={name} "
-                f"--set registry.root=s3://ttft/{prefix} --set ttft.optim.steps=48"
+                f"--set registry.root=s3://ttft/{prefix} --set ttft.optim.steps=96"
             ).split(),
         ],
         env,

@@ -12,6 +12,7 @@ module (and jobs/) imports Ray.
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import socket
@@ -540,7 +541,11 @@ class InferenceResult:
 
 def run_inference(cfg: RunConfig, tasks: Sequence[Task], keys: dict[str, str | None]) -> InferenceResult:
     """Predict all tasks: one engine per GPU as Ray actors over task shards, or one engine in the driver
-    when the cluster has no GPUs (and the config asks for none)."""
+    when the cluster has no GPUs (and the config asks for none).
+
+    A shard whose engine dies (its node lost) is started again on another GPU, up to
+    `orchestrate.retries` times; each engine is stopped as soon as its shard is done, freeing its GPU.
+    """
     engines = inference_engines(cfg)
     if engines == 0:
         shard = predict_here(cfg, tasks, keys)
@@ -549,16 +554,37 @@ def run_inference(cfg: RunConfig, tasks: Sequence[Task], keys: dict[str, str | N
     wait_for_free_gpus()
     shards = [s for s in (list(tasks[i::engines]) for i in range(engines)) if s]
     request_workers([{"GPU": 1}] * len(shards))
-    workers = [InferenceWorker.remote() for _ in shards]
+    pending: dict[Any, tuple[int, Any]] = {}
+    losses: collections.Counter[int] = collections.Counter()
+
+    def start(i: int) -> None:
+        worker = InferenceWorker.remote()
+        ref = worker.predict.remote(cfg, shards[i], {t.id: keys.get(t.id) for t in shards[i]})
+        pending[ref] = (i, worker)
+
+    parts: dict[int, InferenceShard] = {}
     try:
-        parts: list[InferenceShard] = ray.get(
-            [w.predict.remote(cfg, s, {t.id: keys.get(t.id) for t in s}) for w, s in zip(workers, shards)]
-        )
+        for i in range(len(shards)):
+            start(i)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i, worker = pending.pop(ready[0])
+            try:
+                parts[i] = ray.get(ready[0])
+            except RayActorError as e:  # its node was lost: the shard goes to another engine
+                losses[i] += 1
+                if losses[i] > cfg.orchestrate.retries:
+                    raise
+                warn(f"inference shard {i + 1}/{len(shards)} lost its engine ({_describe(e)}); started again")
+                start(i)
+            finally:
+                ray.kill(worker, no_restart=True)
     finally:
-        for w in workers:
-            ray.kill(w, no_restart=True)
+        for _, worker in pending.values():
+            ray.kill(worker, no_restart=True)
         request_workers([])
     labels = node_labels()
-    for part in parts:
+    ordered = [parts[i] for i in range(len(shards))]
+    for part in ordered:
         part.node = labels.get(part.node, part.node)
-    return InferenceResult(merge_predictions([p.predictions for p in parts]), parts)
+    return InferenceResult(merge_predictions([p.predictions for p in ordered]), ordered)
