@@ -8,7 +8,7 @@ CONFIG ?= jobs/configs/smoke.yaml
 RAY_ADDRESS ?= http://127.0.0.1:8265
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast eval eval-cluster bench canary lint format ray-head ray-stop clean
+.PHONY: install test test-fast eval eval-cluster bench bench-memory canary lint format ray-head ray-stop clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ eval-cluster: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+bench-memory: install
+	$(BIN)/python -m bench.memory
 
 canary: install
 	$(BIN)/python -m jobs.canary

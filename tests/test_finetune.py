@@ -206,3 +206,53 @@ def test_adapter_is_saved_in_the_training_dtype(tiny_model_dir, tmp_path):
     tensors = adapter_tensors(r.adapter_dir)
     assert tensors and {t.dtype for t in tensors.values()} == {torch.bfloat16}
     assert r.peak_mem_mb > 0
+
+
+def test_memory_model_packs_four_qwen05_finetunes_on_a_24gb_card():
+    from bench.gpu import QWEN05
+    from ttft.memory import actors_per_gpu, gpus_per_worker_for, shape_of
+
+    gpu = ROOT / "jobs/configs/qwen0.5b_arc1_bf16.yaml"
+    cfg = load_config(gpu)
+    shape = shape_of(QWEN05)
+    assert cfg.model.gradient_checkpointing and cfg.ttft.samples.max_seq_len == 8192
+    assert actors_per_gpu(cfg.model, cfg.ttft, "L4", shape) >= 4
+    assert gpus_per_worker_for(cfg.model, cfg.ttft, "L40S", shape) <= 0.25
+    h200, a100 = (actors_per_gpu(cfg.model, cfg.ttft, card, shape) for card in ("H200", 79.1))
+    assert h200 > a100 >= 4
+    no_gc = load_config(gpu, {"model.gradient_checkpointing": False})
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        actors_per_gpu(no_gc.model, no_gc.ttft, "T4", shape)
+    with pytest.raises(ValueError, match="unknown accelerator type"):
+        actors_per_gpu(cfg.model, cfg.ttft, "TPU-v5", shape)
+
+
+def test_memory_model_agrees_with_the_committed_measurements():
+    import json
+
+    from bench.gpu import QWEN05
+    from ttft.memory import GIB, estimate_peak_bytes, shape_of
+
+    result = json.loads((ROOT / "bench/results/memory.json").read_text())
+    assert result["peak_gib"]["8192"] <= 5.0  # the goal
+    for row in result["table"]:
+        if row["after_gib"] is not None:
+            model = estimate_peak_bytes(shape_of(QWEN05), row["seq_len"])["total"] / GIB
+            assert model == pytest.approx(row["after_gib"], rel=0.15), row
+        if row["before"] == "measured":
+            kw = {"gradient_checkpointing": False, "full_logits": True}
+            model = estimate_peak_bytes(shape_of(QWEN05), row["seq_len"], **kw)["total"] / GIB
+            assert model == pytest.approx(row["before_gib"], rel=0.15), row
+
+
+def test_card_sizes_from_ray_types_and_torch_properties(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from ttft.config import ModelConfig
+    from ttft.memory import card_gib, model_shape
+
+    assert card_gib("L40S") == 44.5 and card_gib("A100-80G") == 79.1 and card_gib("A100") == 39.4
+    assert card_gib("NVIDIA H200") == 139.8 and card_gib("TPU-v5") is None
+    assert card_gib(SimpleNamespace(total_memory=24 * 2**30)) == 24.0  # torch.cuda.get_device_properties
+    shape = model_shape(ModelConfig(name=str(tiny_model_dir)))
+    assert (shape.hidden, shape.layers, shape.head_dim) == (128, 2, 64)

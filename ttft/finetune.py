@@ -30,6 +30,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, get_peft_model_state_dict
 from torch.utils.checkpoint import checkpoint
 
+from ttft import memory
 from ttft.config import LoraConfig, ModelConfig, TTFTConfig, ttft_hash
 from ttft.model import base_model_path, load_base_model
 from ttft.registry import adapter_key
@@ -160,9 +161,10 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, device:
     }
 
 
-# Logits elements per chunk of the target-only cross-entropy: 2**25 fp32 logits are 128 MiB, ~220 target
-# tokens of a 152k vocabulary at once (the tiny model's vocabulary fits in one chunk).
-LOSS_CHUNK_ELEMENTS = 1 << 25
+# Logits elements per chunk of the target-only cross-entropy: 2**24 fp32 logits are 64 MiB, ~110 target
+# tokens of a 152k vocabulary at once (the tiny model's vocabulary fits in one chunk). One source: the
+# memory model uses the same number.
+LOSS_CHUNK_ELEMENTS = memory.LOSS_CHUNK_ELEMENTS
 
 
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -265,12 +267,10 @@ def limit_gpu_memory(fraction: float, reserve_gib: float | None = None) -> float
     Fine-tune actors packed on one GPU (Ray's fractional `num_gpus`) call this once, so one of them cannot
     starve the others. Returns the fraction set, or None without CUDA or when `fraction` is 0 or >= 1.
     """
-    from ttft.memory import CUDA_CONTEXT_GIB
-
     if not torch.cuda.is_available() or not 0 < fraction < 1:
         return None
     total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    reserve = CUDA_CONTEXT_GIB if reserve_gib is None else reserve_gib
+    reserve = memory.CUDA_CONTEXT_GIB if reserve_gib is None else reserve_gib
     cap = max(0.01, fraction - reserve / total_gib)
     torch.cuda.set_per_process_memory_fraction(cap)
     return cap

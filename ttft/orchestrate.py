@@ -51,7 +51,9 @@ class FinetuneWorker:
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor drowns the progress lines
         self.cfg = cfg
-        self.finetuner = Finetuner(cfg.model, cfg.ttft, torch_threads=torch_threads)
+        # cap this actor at its share of the GPU (fractional num_gpus); peak memory is reset per job
+        gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+        self.finetuner = Finetuner(cfg.model, cfg.ttft, torch_threads=torch_threads, gpu_fraction=gpus)
         self.registry = open_registry(cfg.registry)
 
     def ready(self) -> str:
