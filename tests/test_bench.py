@@ -19,6 +19,9 @@ def test_gpu_dry_run_measures_every_part_on_cpu(tmp_path):
     (pack,) = result["packing"]
     assert pack["concurrent"] == 2 and "error" not in pack, pack
     assert len(pack["per_finetune_tokens_per_s"]) == 2 and pack["tokens"] > 0
+    tail = result["packing_tail"]
+    assert [(p["seq_len"], p["concurrent"]) for p in tail] == [(96, 2), (128, 2)], tail
+    assert all("error" not in p and len(p["max_memory_reserved_gib"]) == 2 for p in tail)
     assert result["vllm"]["skipped"] and any("vLLM" in s for s in result["skipped"])
     proj = result["projection"]
     assert proj["tasks"] == 400 and proj["train_tokens_total"] == 400 * proj["tokens_per_task"]
@@ -35,6 +38,14 @@ def test_gpu_without_gpu_says_so_and_writes_nothing(tmp_path, capsys):
     assert gpu.run(dry_run=False, out=tmp_path / "gpu.json") is None
     assert "no CUDA GPU" in capsys.readouterr().out
     assert not (tmp_path / "gpu.json").exists()
+
+
+def test_gpu_flops_count_a_frozen_base_at_4n_plus_attention():
+    from bench.gpu import QWEN05, flops_per_token
+
+    assert flops_per_token(100, {"num_hidden_layers": 2, "hidden_size": 8}, 10) == 4 * 100 + 6 * 2 * 8 * 10
+    n = 494_032_768  # Qwen2.5-0.5B: attention adds ~11% to 4N at 1680 tokens
+    assert 1.05 < flops_per_token(n, QWEN05, 1680) / (4 * n) < 1.15
 
 
 def test_gpu_peak_table():
