@@ -291,7 +291,9 @@ def run(
         for n_layers in PROBE_LAYERS:
             model_dir = build_model_dir(Path(tmp), n_layers, dtype, shape)
             rows += measure(model_dir, dtype, AFTER, seq_lens)
-            need = 2.5 * max(before_lens) * full.vocab_size * 16 / GIB  # full fp32 logits + grads, generous
+            probe = shape_of(qwen_config(n_layers, dtype, shape))
+            kw = {"dtype_bytes": _bytes(dtype), "gradient_checkpointing": False, "full_logits": True}
+            need = 1.5 * estimate_peak_bytes(probe, max(before_lens), **kw)["total"] / GIB  # + RSS slack
             if need > mem_available_gib() - 2:
                 free = mem_available_gib()
                 skipped.append(f"before at {n_layers} layers: needs ~{need:.0f} GiB, {free:.0f} free")
@@ -304,7 +306,7 @@ def run(
     before = extrapolate(rows, "before", layers)
     lengths = sorted(set(seq_lens) | set(before))
     table = []
-    shape = shape_of(full)
+    arch = shape_of(full)
     for seq_len in lengths:
         a = after.get(seq_len, {}).get("peak_bytes")
         if seq_len in before:
@@ -315,9 +317,9 @@ def run(
         else:
             b, how = None, "not measured"
         d = _bytes(dtype)
-        model_after = estimate_peak_bytes(shape, seq_len, dtype_bytes=d, lora_rank=32)
+        model_after = estimate_peak_bytes(arch, seq_len, dtype_bytes=d, lora_rank=32)
         model_before = estimate_peak_bytes(
-            shape, seq_len, dtype_bytes=d, lora_rank=32, gradient_checkpointing=False, full_logits=True
+            arch, seq_len, dtype_bytes=d, lora_rank=32, gradient_checkpointing=False, full_logits=True
         )
         table.append(
             {
@@ -411,7 +413,7 @@ def text(result: dict[str, Any]) -> str:
     lens = [str(r["seq_len"]) for r in result["table"]]
     lines.append(f"\nActors per card (before -> after) at {', '.join(lens)} tokens:")
     for label, card in result["cards"].items():
-        pairs = [f"{card['actors_before'][s]} -> {card['actors_after'][s]}" for s in lens]
+        pairs = [f"{_n(card['actors_before'][s])} -> {_n(card['actors_after'][s])}" for s in lens]
         lines.append(f"  {label:>7} ({card['card_gib']} GiB usable): " + ", ".join(pairs))
     g = result["goal"]
     lines.append(
@@ -420,6 +422,10 @@ def text(result: dict[str, Any]) -> str:
     )
     lines += [f"  skipped: {s}" for s in result["skipped"]]
     return "\n".join(lines)
+
+
+def _n(v: int | None) -> str:
+    return "-" if v is None else str(v)
 
 
 def _fmt(v: float | None) -> str:
@@ -446,7 +452,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Actors per card, before -> after, at {', '.join(lens)} tokens:", ""]
     lines += ["| card | usable GiB | " + " | ".join(lens) + " |", "| --- | --- |" + " --- |" * len(lens)]
     for label, card in result["cards"].items():
-        cells = [f"{card['actors_before'][s]} -> {card['actors_after'][s]}" for s in lens]
+        cells = [f"{_n(card['actors_before'][s])} -> {_n(card['actors_after'][s])}" for s in lens]
         lines.append(f"| {label} | {card['card_gib']} | " + " | ".join(cells) + " |")
     g = result["goal"]
     lines.append(
