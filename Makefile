@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # (all third-party logging)
 ARGS ?=
 
-.PHONY: install install-gpu test test-fast eval eval-cluster bench canary lint format ray-head ray-stop clean
+.PHONY: install install-gpu test test-fast eval eval-cluster bench bench-memory canary lint format ray-head ray-stop clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ eval-cluster: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+bench-memory: install
+	$(BIN)/python -m bench.memory
 
 canary: install
 	$(BIN)/python -m jobs.canary

@@ -65,11 +65,11 @@ def start_ray(cfg: RunConfig, args: argparse.Namespace) -> tuple[RunConfig, str]
     """Join or start Ray; returns the config with paths checked for the cluster and the base model pinned
     (an HF revision resolved to its commit), and the model identity every adapter key of the run uses."""
     from ttft.model import pin_model
-    from ttft.orchestrate import check_cluster_paths, init_ray
+    from ttft.orchestrate import check_cluster_paths, init_ray, resolve_gpus_per_worker
 
     init_ray(args.address, num_cpus=args.num_cpus)
     try:
-        cfg = check_cluster_paths(cfg)
+        cfg = resolve_gpus_per_worker(check_cluster_paths(cfg))
         model, identity = pin_model(cfg.model)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         sys.exit(f"config error: {e}")

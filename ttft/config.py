@@ -24,6 +24,9 @@ from ttft.tasks import MAX_SIDE
 
 ALL_D8 = ["identity", "rot90", "rot180", "rot270", "flip_h", "flip_v", "transpose", "antitranspose"]
 TINY_MODEL = "tiny"
+# The LoRA ranks vLLM serves (its `max_lora_rank` must be one of them); a trained rank must fit one.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+AUTO = "auto"
 
 
 class ConfigError(ValueError):
@@ -52,6 +55,9 @@ class ModelConfig:
     device: str = "auto"  # auto (cuda when visible) | cpu (on purpose, also with GPU resources) | cuda
     tiny_dir: str = ".cache/tiny-model"  # where `tiny` is built when missing
     tiny_seed: int = 0
+    # Recompute each layer's activations in the backward pass: ~1/3 more compute, activation memory of one
+    # layer instead of all (on in the GPU configs). Same losses, so not part of the adapter key.
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -123,7 +129,9 @@ class OrchestrateConfig:
     workers: int | None = None  # exact pool size; None: max_workers, else what the cluster holds now
     max_workers: int | None = None  # pool target asked of the autoscaler (a min_workers: 0 cluster grows)
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0  # fractional allowed: 0.25 packs four fine-tunes on one GPU
+    # Fractional allowed: 0.25 packs four fine-tunes on one GPU. `auto`: as many as ttft.memory's model of
+    # a fine-tune's peak memory fits on the card (see ttft.memory.gpus_per_worker_for).
+    gpus_per_worker: float | str = 0.0
     torch_threads: int | None = None  # per worker; None: cpus_per_worker
     retries: int = 2
     group_size: int = 1  # K tasks per adapter
@@ -193,6 +201,14 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM serves that holds adapters of `rank` (its `max_lora_rank`), at least 8."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= max(8, rank):
+            return allowed
+    raise ConfigError(f"ttft.lora.rank: {rank} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
 
 
 def ttft_hash(cfg: TTFTConfig) -> str:
@@ -307,6 +323,17 @@ def _check_values(cfg: RunConfig) -> None:
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
+    rank = cfg.ttft.lora.rank
+    if rank not in VLLM_LORA_RANKS:
+        raise ConfigError(
+            f"ttft.lora.rank: {rank} is not a LoRA rank vLLM serves; use one of "
+            f"{', '.join(map(str, VLLM_LORA_RANKS))}"
+        )
+    gpw = cfg.orchestrate.gpus_per_worker
+    if isinstance(gpw, str) and gpw != AUTO:
+        raise ConfigError(f"orchestrate.gpus_per_worker: expected a number or {AUTO!r}, got {gpw!r}")
+    if not isinstance(gpw, str) and gpw < 0:
+        raise ConfigError(f"orchestrate.gpus_per_worker: must be >= 0, got {gpw}")
     if not 0 <= cfg.orchestrate.inference_share < 1:
         raise ConfigError(
             f"orchestrate.inference_share: must be in [0, 1), got {cfg.orchestrate.inference_share}"

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ttft.config import RegistryConfig, RunConfig, parse_duration, ttft_hash
+from ttft.config import RegistryConfig, RunConfig, parse_duration, ttft_hash, vllm_max_lora_rank
 from ttft.console import ray_init_kwargs, warn
 from ttft.finetune import FinetuneJob, Finetuner, make_jobs
 from ttft.inference import Adapter, Predictions, merge_predictions, predict
@@ -62,6 +62,35 @@ def node_labels() -> dict[str, str]:
     return labels
 
 
+def resolve_gpus_per_worker(cfg: RunConfig, out: TextIO = sys.stderr) -> RunConfig:
+    """`orchestrate.gpus_per_worker: auto` -> the share of one GPU a fine-tune needs on this cluster's cards
+    (ttft.memory's model of peak memory, the card from the GPU nodes' Ray accelerator type)."""
+    import dataclasses
+
+    from ttft.config import AUTO
+    from ttft.memory import gpus_per_worker_for
+
+    if cfg.orchestrate.gpus_per_worker != AUTO:
+        return cfg
+    kinds = sorted(
+        {
+            r.split(":", 1)[1]
+            for n in ray.nodes()
+            if n.get("Alive") and n.get("Resources", {}).get("GPU")
+            for r in n["Resources"]
+            if r.startswith("accelerator_type:")
+        }
+    )
+    share = 1.0
+    if kinds:
+        share = min(gpus_per_worker_for(cfg.model, cfg.ttft, k) for k in kinds)  # the smallest card decides
+        print(f"[ttft] gpus_per_worker auto: {share:.3g} of a GPU per fine-tune on {kinds}", file=out)
+    else:
+        print("[ttft] gpus_per_worker auto: no GPU node up to size from; one fine-tune per GPU", file=out)
+    orc = dataclasses.replace(cfg.orchestrate, gpus_per_worker=share)
+    return dataclasses.replace(cfg, orchestrate=orc)
+
+
 def check_device(cfg: RunConfig) -> None:
     """Fail fast when the config asks for GPUs but CUDA is not visible here (unless model.device is cpu)."""
     import torch
@@ -92,7 +121,9 @@ class FinetuneWorker:
                 "adapter keys would not match (pin model.revision, or use the same model files everywhere)"
             )
         self.cfg = cfg
-        self.finetuner = Finetuner(cfg.model, cfg.ttft, torch_threads=torch_threads)
+        # cap this actor at its share of the GPU (fractional num_gpus); peak memory is reset per job
+        gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+        self.finetuner = Finetuner(cfg.model, cfg.ttft, torch_threads=torch_threads, gpu_fraction=gpus)
         self.registry = open_registry(cfg.registry)
 
     def ready(self) -> str:
@@ -192,6 +223,7 @@ def run_finetunes(
     `orchestrate.retries` times, then recorded as failed in the registry and in the summary.
     """
     t_start = start_time if start_time is not None else time.monotonic()
+    cfg = resolve_gpus_per_worker(cfg, out)
     orc = cfg.orchestrate
     summary = FinetuneSummary()
     if not cfg.ttft.enabled or not tasks:
@@ -467,7 +499,7 @@ def predict_here(cfg: RunConfig, tasks: Sequence[Task], keys: dict[str, str | No
     engine = VllmEngine(
         model_dir,
         enable_lora=n_adapters > 0,
-        max_lora_rank=max(8, cfg.ttft.lora.rank),
+        max_lora_rank=vllm_max_lora_rank(cfg.ttft.lora.rank),
         max_loras=max(1, min(inf.max_loras, n_adapters)),
         max_cpu_loras=inf.max_cpu_loras or n_adapters + 1,
         max_model_len=inf.max_model_len,

@@ -17,7 +17,6 @@ every world-size-th sample from its rank on. All shards are equally long, so the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -42,7 +41,14 @@ from ttft.config import (
     apply_overrides,
     config_from_dict,
 )
-from ttft.finetune import collate, encode_sample, lr_lambda, peft_lora_config
+from ttft.finetune import (
+    collate,
+    enable_gradient_checkpointing,
+    encode_sample,
+    lr_lambda,
+    peft_lora_config,
+    train_step,
+)
 from ttft.generate import MAX_INPUT_SIDE, MIN_SIDE, generate_tasks
 from ttft.samples import Sample, train_samples
 from ttft.tasks import Pair, Task, load_tasks
@@ -272,6 +278,8 @@ def build_model(cfg: RunConfig, pcfg: PretrainConfig, model_path: str, device: A
     else:
         for p in model.parameters():
             p.requires_grad_(True)
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model.train()
     return model, tokenizer
 
@@ -431,34 +439,6 @@ def _mean_across_ranks(value: float, device: Any) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t) / dist.get_world_size()
-
-
-def train_step(
-    model: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    batches: Sequence[dict],
-    max_grad_norm: float,
-) -> float:
-    """One optimizer step over `batches` (gradient accumulation); returns this rank's mean loss.
-
-    `model` may be DDP-wrapped: gradients are synchronised on the last micro-batch only.
-    """
-    opt.zero_grad(set_to_none=True)
-    total = 0.0
-    for i, batch in enumerate(batches):
-        last = i == len(batches) - 1
-        ctx = model.no_sync() if (not last and hasattr(model, "no_sync")) else contextlib.nullcontext()
-        with ctx:
-            loss = model(**batch).loss / len(batches)
-            loss.backward()
-        total += float(loss.detach())
-    params = [p for p in model.parameters() if p.requires_grad]
-    if max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    opt.step()
-    sched.step()
-    return total
 
 
 def _fmt_seconds(s: float) -> str:
