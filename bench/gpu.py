@@ -2,10 +2,14 @@
 
 Measures, on the first CUDA GPU:
 - TTFT training throughput: LoRA fine-tune steps (the default GPU recipe's rank/alpha/modules, bf16,
-  batch 1, AdamW) at several sequence lengths: tokens/s and MFU = 6 x params x tokens/s / the GPU's dense
-  bf16 peak (a table by `torch.cuda.get_device_name`, or --peak-tflops);
+  batch 1, AdamW, its gradient checkpointing) at several sequence lengths: tokens/s and MFU = model FLOPs
+  per token x tokens/s / the GPU's dense bf16 peak (a table by `torch.cuda.get_device_name`, or
+  --peak-tflops). Model FLOPs per token of a frozen base under LoRA: 4 x params (forward 2N + activation
+  gradients 2N; no weight gradients) + causal attention 6 x layers x hidden x seq_len (forward 2, backward
+  4); checkpointing's recompute is not counted (it is overhead, not model FLOPs);
 - fractional packing: 1, 2, 4 concurrent fine-tunes on the one GPU (processes, as Ray's fractional-GPU
-  actors are), aggregate tokens/s over a common time window;
+  actors are), aggregate tokens/s over a common time window, at the mean, p90 and max sample lengths, with
+  each process's torch.cuda.max_memory_reserved;
 - vLLM multi-LoRA generation with 64 adapters (skipped, with a message, when vllm is not installed);
 - the projected hours for the 400 ARC-AGI-1 evaluation tasks under jobs/configs/qwen0.5b_arc1_bf16.yaml
   (steps x tokens per sample), at the measured speed and at the physical limit (100% of peak).
@@ -100,12 +104,15 @@ GPU_RECIPE = {
     "max_loras": 32,
     "max_cpu_loras": 128,
     "max_model_len": 8192,
+    "gradient_checkpointing": True,
 }
 # Mean tokens per training sample over the 400 ARC-AGI-1 evaluation tasks under that recipe (shape encoder,
 # n-1 splits, 256 samples per task, max_seq_len 8192): the mean over tasks of each task's mean sample
 # length, counted in characters (Qwen2's tokenizer splits digits, spaces and newlines into one token each).
 # Measured with ttft.samples.train_samples on 2026-11-28: 1680.5 (samples: median 1173, p90 3506).
 TOKENS_PER_SAMPLE = 1680.5
+P90_TOKENS_PER_SAMPLE = 3506
+MAX_TOKENS_PER_SAMPLE = 8192  # the recipe's samples.max_seq_len
 N_TASKS, TEST_INPUTS_PER_TASK = 400, 1.04  # ARC-AGI-1 evaluation: 400 tasks, 419 test inputs
 OUTPUT_TOKENS_PER_PROMPT = 200  # a typical output grid in the shape encoder (about 13x13 plus the header)
 
@@ -129,6 +136,7 @@ def load_recipe() -> tuple[dict[str, Any], str]:
     except OSError:
         return dict(GPU_RECIPE), f"embedded copy ({GPU_CONFIG} not found)"
     t, orc, inf = cfg.get("ttft", {}), cfg.get("orchestrate", {}), cfg.get("inference", {})
+    model_section = cfg.get("model", {})
     o, lora = t.get("optim", {}), t.get("lora", {})
     recipe = dict(GPU_RECIPE)
     recipe.update(
@@ -148,6 +156,7 @@ def load_recipe() -> tuple[dict[str, Any], str]:
                 "max_loras": inf.get("max_loras"),
                 "max_cpu_loras": inf.get("max_cpu_loras"),
                 "max_model_len": inf.get("max_model_len"),
+                "gradient_checkpointing": model_section.get("gradient_checkpointing"),
             }.items()
             if v is not None
         }
@@ -168,6 +177,11 @@ def parse_hours(text: str) -> float:
     return h + m / 60
 
 
+def flops_per_token(n_params: int, shape: dict[str, Any], seq_len: int) -> float:
+    """Model FLOPs per trained token, frozen base + LoRA: 4N + causal attention 6 x layers x hidden x T."""
+    return 4 * n_params + 6 * shape["num_hidden_layers"] * shape["hidden_size"] * seq_len
+
+
 # ---- model + one fine-tune ---------------------------------------------------------------------------
 def build_model(shape: dict[str, Any], device: str, dtype_name: str, recipe: dict[str, Any], seed: int = 0):
     """A random Qwen2 model of `shape` with the recipe's LoRA attached; returns (peft model, base params)."""
@@ -181,6 +195,9 @@ def build_model(shape: dict[str, Any], device: str, dtype_name: str, recipe: dic
     with torch.device(device):
         model = Qwen2ForCausalLM(config).to(dtype)
     n_params = sum(p.numel() for p in model.parameters())
+    if recipe.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     lora = LoraConfig(
         r=recipe["rank"],
         lora_alpha=recipe["alpha"],
@@ -278,6 +295,9 @@ def _packed_worker(args: dict[str, Any], ready, results) -> None:
             seconds=args["window_s"],
             start_at=start_at,
         )
+        if args["device"] == "cuda":
+            r["max_memory_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
+            r["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         results.put(r)
     except Exception as e:  # report instead of hanging the parent
         ready.put(-1)
@@ -335,9 +355,15 @@ def packing(
                 "window_s": round(window, 3),
                 "tokens_per_s": round(tokens / window, 1),
                 "per_finetune_tokens_per_s": [round(g["tokens_per_s"], 1) for g in got],
+                "max_memory_reserved_gib": [g.get("max_memory_reserved_gib") for g in got],
+                "max_memory_allocated_gib": [g.get("max_memory_allocated_gib") for g in got],
             }
         )
-        print(f"  packing {k}: {out[-1]['tokens_per_s']:.0f} tokens/s together", flush=True)
+        print(
+            f"  packing {k} at {seq_len} tokens: {out[-1]['tokens_per_s']:.0f} tokens/s together, reserved "
+            f"{out[-1]['max_memory_reserved_gib']} GiB per process",
+            flush=True,
+        )
     return out
 
 
@@ -497,7 +523,7 @@ def run(
     rows = []
     for seq_len in lengths:
         r = train_steps(model, device, seq_len, steps, shape["vocab_size"])
-        flops = 6 * n_params * r["tokens_per_s"]
+        flops = flops_per_token(n_params, shape, seq_len) * r["tokens_per_s"]
         rows.append(
             {
                 "seq_len": seq_len,
@@ -519,6 +545,14 @@ def run(
         result["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     # 2) fractional packing: k concurrent fine-tunes on the one GPU
     result["packing"] = packing(shape, device, dtype, recipe, mean_len["seq_len"], ks, window_s)
+    # the same at the p90 and the longest sample: does the configured packing still fit, how fast?
+    tails = [96, 128] if dry_run else [P90_TOKENS_PER_SAMPLE, MAX_TOKENS_PER_SAMPLE]
+    tail_ks = sorted({min(ks), max(ks)})
+    result["packing_tail"] = [
+        row
+        for seq_len in tails
+        for row in packing(shape, device, dtype, recipe, seq_len, tail_ks, window_s / 2)
+    ]
     # 3) vLLM multi-LoRA
     if skip_vllm or (dry_run and not vllm_in_dry_run):
         result["vllm"] = {
@@ -559,10 +593,10 @@ def project(
         "tokens_per_task": tokens_per_task,
         "train_tokens_total": total_tokens,
         "finetunes_per_gpu_in_config": per_gpu,
-        "flops_total": 6 * n_params * total_tokens,
+        "flops_total": flops_per_token(n_params, result["shape"], round(TOKENS_PER_SAMPLE)) * total_tokens,
     }
     if peak:
-        proj["physical_limit_hours_one_gpu"] = round(6 * n_params * total_tokens / (peak * 1e12) / 3600, 3)
+        proj["physical_limit_hours_one_gpu"] = round(proj["flops_total"] / (peak * 1e12) / 3600, 3)
     for label, p in (("one_finetune", single), ("configured_packing", configured), ("best_packing", best)):
         if p:
             proj[f"finetune_hours_one_gpu_{label}"] = round(total_tokens / p["tokens_per_s"] / 3600, 3)
@@ -594,10 +628,14 @@ def text(result: dict[str, Any]) -> str:
             f"  fine-tune seq {r['seq_len']:>5}: {r['tokens_per_s']:>9.0f} tokens/s "
             f"{r['tflops']:>7.1f} TFLOP/s  MFU {r['mfu']}"
         )
-    for p in result["packing"]:
+    for p in result["packing"] + result.get("packing_tail", []):
         lines.append(
-            f"  {p['concurrent']} concurrent fine-tunes: "
-            + (f"{p['tokens_per_s']:.0f} tokens/s together" if "tokens_per_s" in p else p["error"])
+            f"  {p['concurrent']} concurrent fine-tunes at {p.get('seq_len', '?')} tokens: "
+            + (
+                f"{p['tokens_per_s']:.0f} tokens/s together, reserved {p['max_memory_reserved_gib']} GiB each"
+                if "tokens_per_s" in p
+                else p["error"]
+            )
         )
     v = result["vllm"]
     if "multilora" in v:

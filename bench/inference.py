@@ -146,7 +146,7 @@ def run(
     quiet_hf()
     from transformers import AutoTokenizer
 
-    from ttft.config import load_config
+    from ttft.config import load_config, vllm_max_lora_rank
     from ttft.inference import build_prompts
     from ttft.model import base_model_path
     from ttft.tasks import load_tasks
@@ -202,7 +202,7 @@ def run(
             engine = VllmEngine(  # as ttft.orchestrate._predict_local builds it
                 model_dir,
                 enable_lora=True,
-                max_lora_rank=max(8, cfg.ttft.lora.rank),
+                max_lora_rank=vllm_max_lora_rank(cfg.ttft.lora.rank),
                 max_loras=max(1, min(inf.max_loras, n_adapters)),
                 max_cpu_loras=inf.max_cpu_loras or n_adapters,
                 max_model_len=inf.max_model_len,

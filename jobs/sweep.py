@@ -1,17 +1,24 @@
-"""`python -m jobs.sweep --config C`: Ray Tune over TTFT hyperparameters on a task subset.
+"""`python -m jobs.sweep --config C`: Ray Tune over TTFT hyperparameters, selected on held-out tasks.
 
-Each trial is a real TTFT run: the trial loads the base model once, trains one adapter per task with the
-trial's hyperparameters and reports the mean val loss after TTFT (the seed's metric: loss on the test-output
-tokens) and, with `--metric accuracy`, the share of test outputs that greedy decoding of the adapted model
-gets exactly right (identity augmentation: a fast proxy of the full vLLM voting pass). Prints the best
-config and a markdown table of all trials, also written to <out_dir>/<name>-sweep/sweep.md.
+The tasks are split once (stable in their content): `--select-share` of them select the hyperparameters,
+the others only report how the selected config does, so the reported numbers are not fitted to the tasks
+they describe. Each trial is a real TTFT run on the selection tasks: the trial loads the base model once,
+trains one adapter per task with the trial's hyperparameters and reports the mean val loss after TTFT (the
+seed's metric: loss on the test-output tokens) and, with `--metric accuracy`, the share of test outputs
+that greedy decoding of the adapted model gets exactly right (identity augmentation: a fast proxy of the
+full vLLM voting pass). The best config then runs once on the report tasks (val loss and accuracy). Prints
+the best config, its held-out result and a table of all trials, also written to
+<out_dir>/<name>-sweep/sweep.md and best.json.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import sys
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 from jobs.common import parser, setup, start_ray, tasks_of
@@ -38,20 +45,42 @@ def search_space(spec: dict[str, list]) -> dict[str, Any]:
     return out
 
 
+def split_tasks(tasks: Sequence[Any], select_share: float) -> tuple[list[Any], list[Any]]:
+    """(selection tasks, report tasks): a stable split by task content, at least one task on each side."""
+    if len(tasks) < 2:
+        raise ValueError(
+            f"a sweep needs at least 2 tasks with known test outputs (select + report), got {len(tasks)}"
+        )
+    if not 0 < select_share < 1:
+        raise ValueError(f"--select-share must be in (0, 1), got {select_share}")
+    order = sorted(tasks, key=lambda t: hashlib.sha256(f"sweep:{t.content_hash()}".encode()).hexdigest())
+    k = min(len(tasks) - 1, max(1, math.floor(select_share * len(tasks))))
+    return sorted(order[:k], key=lambda t: t.id), sorted(order[k:], key=lambda t: t.id)
+
+
 def greedy_exact(ft: Any, model: Any, tasks: list, encoder: str) -> tuple[int, int]:
-    """(right, total) greedy predictions of the test outputs with `model` (identity augmentation)."""
+    """(right, total) greedy predictions of the test outputs with `model` (identity augmentation).
+
+    Prompt and budget as inference builds them (`inference.output_budget`, examples dropped to fit
+    `samples.max_seq_len`); a test input whose prompt does not fit counts as wrong.
+    """
     import torch
 
-    from ttft.formats import ParseError, build_target, parse_output
-    from ttft.samples import val_samples
+    from ttft.formats import ParseError, parse_output
+    from ttft.inference import output_budget
+    from ttft.samples import fit_examples, prompt_token_ids
 
     right = total = 0
     for task in tasks:
-        for s, expected in zip(val_samples(task, ft.cfg.samples, ft.count_tokens), task.test_outputs or []):
-            ids = ft.tokenizer(s.prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(
-                ft.device
+        for test_in, expected in zip(task.test_inputs, task.test_outputs or []):
+            total += 1
+            budget = output_budget(task.train, test_in, encoder, ft.count_tokens)
+            prompt = fit_examples(
+                task.train, test_in, budget, ft.count_tokens, ft.cfg.samples.max_seq_len, encoder
             )
-            budget = ft.count_tokens(build_target(expected, encoder)) + 2
+            if prompt is None:
+                continue
+            ids = torch.tensor([prompt_token_ids(ft.tokenizer, prompt)], device=ft.device)
             with torch.no_grad():
                 out = model.generate(
                     ids,
@@ -63,7 +92,6 @@ def greedy_exact(ft: Any, model: Any, tasks: list, encoder: str) -> tuple[int, i
             text = ft.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
             grid = parse_output(text, encoder)
             right += int(not isinstance(grid, ParseError) and grid == expected)
-            total += 1
     return right, total
 
 
@@ -119,13 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", choices=["val_loss", "accuracy"], default="val_loss")
     p.add_argument("--space", help=f"JSON search space (default: {json.dumps(DEFAULT_SPACE)})")
     p.add_argument("--concurrent", type=int, default=2, help="trials running at once")
+    p.add_argument(
+        "--select-share",
+        type=float,
+        default=0.5,
+        help="share of the tasks that select hyperparameters; the others only report the selected config",
+    )
     args = p.parse_args(argv)
     cfg = setup(args)
     tasks, _ = tasks_of(cfg)
-    tasks = [t for t in tasks if t.test_outputs]
-    if not tasks:
-        sys.exit("sweep needs tasks with known test outputs (val loss)")
+    try:
+        select, report = split_tasks([t for t in tasks if t.test_outputs], args.select_share)
+    except ValueError as e:
+        sys.exit(f"sweep: {e}")
     start_ray(cfg, args)
+    import ray
     from ray import tune
 
     space = search_space(json.loads(args.space) if args.space else DEFAULT_SPACE)
@@ -134,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     want_acc = args.metric == "accuracy"
 
     def trainable(params: dict[str, Any]) -> dict[str, float]:
-        return trial(params, base, tasks, want_acc)
+        return trial(params, base, select, want_acc)
 
     out = cfg.run_dir.parent / f"{cfg.name}-sweep"
     out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 {**r.config, **{k: r.metrics.get(k) for k in ("val_loss", "val_loss_before", "accuracy")}}
             )
     best = results.get_best_result()
+    # the selected config, once, on tasks no trial has seen: the numbers to report
+    held_out = ray.get(ray.remote(num_cpus=1)(trial).remote(best.config, base, report, True))
     keys = list(space)
     cols = [*keys, "val_loss_before", "val_loss", "accuracy"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -174,10 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     table = "\n".join(lines)
     text = (
-        f"# Sweep {cfg.name}: {len(rows)} trials on {len(tasks)} tasks, metric {args.metric} ({mode})\n\n"
+        f"# Sweep {cfg.name}: {len(rows)} trials selecting on {len(select)} tasks, metric {args.metric} "
+        f"({mode}); reported on {len(report)} other tasks\n\n"
         f"Best config: `{json.dumps(best.config)}` -> {args.metric} = "
-        f"{_fmt(best.metrics.get(args.metric))}\n\n"
-        f"{table}\n"
+        f"{_fmt(best.metrics.get(args.metric))} on the selection tasks\n\n"
+        f"Held out ({len(report)} tasks, not used to select): val loss {_fmt(held_out['val_loss_before'])} "
+        f"before TTFT, {_fmt(held_out['val_loss'])} after; accuracy (greedy, identity) "
+        f"{_fmt(held_out['accuracy'])}\n\n"
+        f"Trials (selection tasks):\n\n{table}\n"
     )
     (out / "sweep.md").write_text(text)
     (out / "best.json").write_text(
@@ -185,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "config": best.config,
                 "metrics": {k: best.metrics.get(k) for k in ("val_loss", "val_loss_before", "accuracy")},
+                "held_out": held_out,
+                "select_tasks": [t.id for t in select],
+                "report_tasks": [t.id for t in report],
             },
             indent=2,
         )

@@ -30,11 +30,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_model_dir: Path):
-    """ONE VllmEngine on the tiny model with LoRA enabled (rank <= 16, 4 adapters at once), float32."""
-    from ttft.vllm_engine import VllmEngine
+    """ONE VllmEngine on the tiny model with LoRA enabled (rank <= 16, 4 adapters at once), served in the
+    default dtype of a run (``serving_dtype`` of the default config: the training dtype, float32)."""
+    from ttft.config import InferenceConfig, ModelConfig
+    from ttft.vllm_engine import VllmEngine, serving_dtype
 
+    dtype = serving_dtype(ModelConfig().dtype, InferenceConfig().dtype)
     engine = VllmEngine(
-        str(tiny_model_dir), max_lora_rank=16, max_loras=4, max_model_len=4096, dtype="float32", seed=0
+        str(tiny_model_dir), max_lora_rank=16, max_loras=4, max_model_len=4096, dtype=dtype, seed=0
     )
     yield engine
     engine.close()

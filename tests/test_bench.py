@@ -19,6 +19,9 @@ def test_gpu_dry_run_measures_every_part_on_cpu(tmp_path):
     (pack,) = result["packing"]
     assert pack["concurrent"] == 2 and "error" not in pack, pack
     assert len(pack["per_finetune_tokens_per_s"]) == 2 and pack["tokens"] > 0
+    tail = result["packing_tail"]
+    assert [(p["seq_len"], p["concurrent"]) for p in tail] == [(96, 2), (128, 2)], tail
+    assert all("error" not in p and len(p["max_memory_reserved_gib"]) == 2 for p in tail)
     assert result["vllm"]["skipped"] and any("vLLM" in s for s in result["skipped"])
     proj = result["projection"]
     assert proj["tasks"] == 400 and proj["train_tokens_total"] == 400 * proj["tokens_per_task"]
@@ -35,6 +38,14 @@ def test_gpu_without_gpu_says_so_and_writes_nothing(tmp_path, capsys):
     assert gpu.run(dry_run=False, out=tmp_path / "gpu.json") is None
     assert "no CUDA GPU" in capsys.readouterr().out
     assert not (tmp_path / "gpu.json").exists()
+
+
+def test_gpu_flops_count_a_frozen_base_at_4n_plus_attention():
+    from bench.gpu import QWEN05, flops_per_token
+
+    assert flops_per_token(100, {"num_hidden_layers": 2, "hidden_size": 8}, 10) == 4 * 100 + 6 * 2 * 8 * 10
+    n = 494_032_768  # Qwen2.5-0.5B: attention adds ~11% to 4N at 1680 tokens
+    assert 1.05 < flops_per_token(n, QWEN05, 1680) / (4 * n) < 1.15
 
 
 def test_gpu_peak_table():
@@ -86,3 +97,45 @@ def test_run_summary_reads_results(tmp_path, monkeypatch):
     assert summary["targets"]["ray_vs_loop"]["verdict"] == "n/a"
     md = run.markdown(summary)
     assert "| multilora_vs_peft | 7.0 | >= 5.0x | met |" in md
+
+
+def test_live_tensor_bytes_follows_storages_until_freed():
+    import torch
+
+    from bench.memory import LiveTensorBytes
+
+    outside = torch.zeros(1000)
+    with LiveTensorBytes() as live:
+        a = torch.ones(1000)
+        view = a[10:]  # aliases a: nothing new
+        outside.add_(1)  # in place on a tensor from before: nothing new
+        b = a * 2
+        assert live.current == 8000
+        del a, view
+        assert live.current == 4000
+        del b
+    assert live.peak == 8000 and live.current == 0
+
+
+def test_memory_bench_tiny_shape_measures_extrapolates_and_writes(tmp_path):
+    from bench import memory
+    from bench.gpu import TINY
+
+    out = tmp_path / "memory.json"
+    (tmp_path / "summary.md").write_text("# ttft benchmarks\n\nother tables\n")
+    shape = {**TINY, "num_hidden_layers": 4}
+    result = memory.run([256, 512], [128, 256], True, "float32", out, shape=shape)
+    assert json.loads(out.read_text())["peak_gib"] == result["peak_gib"]
+    assert set(result["peak_gib"]) == {"256", "512"}
+    rows = {r["seq_len"]: r for r in result["table"]}
+    assert rows[256]["before"] == "measured" and rows[512]["before"].startswith("extrapolated")
+    assert rows[256]["after_gib"] < rows[256]["before_gib"]
+    # memory is linear in depth: 1 and 2 layers predict the 4-layer model's measured peak
+    check = result["full_depth_check"]
+    assert check["seq_len"] == 256 and abs(check["error"]) < 0.02, check
+    assert {r["variant"] for r in result["measurements"]} == {"after", "before"}
+    md = (tmp_path / "summary.md").read_text()
+    assert "other tables" in md and md.count(memory.MD_BEGIN) == 1 and "| 256 |" in md
+    memory.write_summary("again", tmp_path / "summary.md")
+    md = (tmp_path / "summary.md").read_text()
+    assert md.count(memory.MD_BEGIN) == 1 and "again" in md and "| 256 |" not in md

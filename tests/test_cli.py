@@ -40,14 +40,27 @@ def test_score_and_validate_a_submission(tmp_path):
     path = tmp_path / "submission.json"
     path.write_text(json.dumps(sub))
     result = str(tmp_path / "r")
-    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation", "--out", result)
+    out = ttft(
+        "score",
+        "--submission",
+        str(path),
+        "--solutions",
+        "arc1/evaluation",
+        "--out",
+        result,
+        "--only-submitted",
+    )
     assert out.returncode == 0, out.stdout
     n1 = len(tasks[1].test_outputs)
     expected = 1 + (n1 - 1) / n1  # task 0 solved by attempt_2; task 1 misses its first test output
-    assert f"score: {expected:g} / 2 tasks" in out.stdout
+    assert f"score: {expected:g} / 2 tasks" in out.stdout and "2 of 400 tasks" in out.stdout
+    # Kaggle semantics by default: the 398 tasks the submission lacks count as 0
+    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation")
+    assert out.returncode == 1 and f"score: {expected:g} / 400 tasks" in out.stdout
+    assert "398 of 400 task(s) missing from the submission (scored 0)" in out.stdout
     sub[tasks[0].id] = []
     path.write_text(json.dumps(sub))
-    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation")
+    out = ttft("score", "--submission", str(path), "--solutions", "arc1/evaluation", "--only-submitted")
     assert out.returncode == 1 and f"task {tasks[0].id}: expected" in out.stdout
 
 
@@ -57,3 +70,39 @@ def test_init_tiny_and_delegated_help(tmp_path):
     for cmd in ("infer", "eval", "sweep", "pretrain"):
         h = ttft(cmd, "--help")
         assert h.returncode == 0 and "--config" in h.stdout, (cmd, h.stderr[-500:])
+
+
+def data_fit(model_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return ttft("data", "fit", "--config", "jobs/configs/smoke.yaml", "--model", str(model_dir), *args)
+
+
+def test_data_fit_reports_lengths_and_predictable_outputs(tiny_model_dir):
+    out = data_fit(tiny_model_dir, "--data", "arc1/evaluation", "--set", "data.max_side=30", "--limit", "25")
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    n = sum(len(t.test_inputs) for t in load_tasks("arc1/evaluation", limit=25).tasks)
+    assert lines[-1] == f"{n}/{n} test outputs predictable"
+    assert any(x.startswith("| prompt | ") for x in lines) and any(
+        x.startswith("| output budget") for x in lines
+    )
+    assert f"test outputs over their budget under some augmentation: 0/{n}" in lines
+    # a context too short for the larger tasks: their prompts do not fit, exit 1, and which ones it says
+    short = data_fit(
+        tiny_model_dir,
+        *("--data", "arc1/evaluation", "--limit", "25", "--set", "data.max_side=30"),
+        *("--set", "inference.max_model_len=700"),
+    )
+    assert short.returncode == 1 and short.stdout.splitlines()[-1].endswith(f"/{n} test outputs predictable")
+    assert "does not fit inference.max_model_len=700 under every augmentation" in short.stdout
+    # an explicit inference.max_tokens below the real answers: over budget
+    tight = data_fit(
+        tiny_model_dir, "--data", "arc1/evaluation", "--limit", "5", "--set", "inference.max_tokens=8"
+    )
+    assert tight.returncode == 1 and "the answer exceeds max_tokens under every augmentation" in tight.stdout
+
+
+def test_verbose_flag_on_ttft_and_before_a_delegated_job():
+    out = ttft("--verbose", "data", "validate", "arc1/evaluation")
+    assert out.returncode == 0 and "400 valid tasks" in out.stdout
+    out = ttft("--verbose", "eval", "--help")  # moved after the job name, where the job's parser takes it
+    assert out.returncode == 0 and "--verbose" in out.stdout and "TTFT_VERBOSE" in out.stdout

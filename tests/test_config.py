@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ttft.config import ConfigError, load_config, parse_duration, parse_override, ttft_hash
+from ttft.config import (
+    VLLM_LORA_RANKS,
+    ConfigError,
+    load_config,
+    parse_duration,
+    parse_override,
+    ttft_hash,
+    vllm_max_lora_rank,
+)
 
 CONFIGS = sorted(Path("jobs/configs").glob("*.yaml"))
 
@@ -54,6 +62,8 @@ def test_seed_ablations_differ_where_the_seed_says() -> None:
         ("orchestrate:\n  budget: soon\n", "orchestrate.budget: cannot parse duration"),
         ("data: [1, 2]\n", "data: expected a mapping"),
         ("ttft:\n  optim:\n    steps: 0\n", "ttft.optim.steps: must be >= 1"),
+        ("orchestrate:\n  gpus_per_worker: some\n", "orchestrate.gpus_per_worker: expected a number or"),
+        ("orchestrate:\n  gpus_per_worker: -1\n", "orchestrate.gpus_per_worker: must be >= 0"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -94,3 +104,29 @@ def test_overrides_any_value_and_validate() -> None:
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_lora_rank_vllm_cannot_serve_is_refused_at_load(tmp_path: Path) -> None:
+    path = write(tmp_path, "ttft:\n  lora:\n    rank: 24\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert str(path) in msg and "ttft.lora.rank: 24" in msg
+    assert "1, 8, 16, 32, 64, 128, 256, 320, 512" in msg
+    with pytest.raises(ConfigError, match="ttft.lora.rank: 24"):
+        load_config(None, {"ttft.lora.rank": 24})
+    for rank in VLLM_LORA_RANKS:
+        assert load_config(None, {"ttft.lora.rank": rank}).ttft.lora.rank == rank
+
+
+def test_vllm_max_lora_rank_rounds_up_to_a_served_rank() -> None:
+    assert [vllm_max_lora_rank(r) for r in (1, 8, 16, 32, 300, 512)] == [8, 8, 16, 32, 320, 512]
+    with pytest.raises(ConfigError, match="largest LoRA rank 512"):
+        vllm_max_lora_rank(1024)
+
+
+def test_gpus_per_worker_accepts_auto_and_numbers() -> None:
+    assert load_config(None, {"orchestrate.gpus_per_worker": "auto"}).orchestrate.gpus_per_worker == "auto"
+    assert load_config(None, {"orchestrate.gpus_per_worker": 0.25}).orchestrate.gpus_per_worker == 0.25
+    assert load_config(None, {"orchestrate.gpus_per_worker": 1}).orchestrate.gpus_per_worker == 1.0
+    assert load_config(None).model.gradient_checkpointing is False

@@ -181,11 +181,15 @@ def test_tune_sweep_of_two_trials(tiny_model_dir, tmp_path, monkeypatch):
             f"tracking.uri={tmp_path / 'mlruns'}",
         ]
     )
-    assert "Best config" in proc.stdout
+    assert "Best config" in proc.stdout and "Held out (1 tasks, not used to select)" in proc.stdout
     table = (tmp_path / "smoke-sweep" / "sweep.md").read_text()
     assert table.count("\n| ") >= 3  # header + 2 trials
     best = json.loads((tmp_path / "smoke-sweep" / "best.json").read_text())
     assert best["metrics"]["val_loss"] > 0
+    # selected on one task, reported on the other: disjoint, and the held-out numbers are its own
+    assert len(best["select_tasks"]) == len(best["report_tasks"]) == 1
+    assert set(best["select_tasks"]).isdisjoint(best["report_tasks"])
+    assert best["held_out"]["val_loss"] > 0 and 0 <= best["held_out"]["accuracy"] <= 1
     from mlflow.tracking import MlflowClient  # tracking on: one MLflow run per trial, with its metric
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -193,3 +197,47 @@ def test_tune_sweep_of_two_trials(tiny_model_dir, tmp_path, monkeypatch):
     tracked = client.search_runs([client.get_experiment_by_name("ttft-sweep").experiment_id])
     assert len(tracked) == 2 and all(r.data.metrics["val_loss"] > 0 for r in tracked)
     assert {r.data.params["ttft.optim.steps"] for r in tracked} <= {"2", "3"}
+
+
+def test_kaggle_challenges_without_solutions_finish_with_a_submission(tiny_model_dir, tmp_path):
+    """The Kaggle journey: a challenges file with no test outputs runs to the end, exit 0, a valid submission
+    for every task, and a report that says nothing was scored."""
+    tasks = load_tasks("arc1/evaluation", max_side=6, limit=2).tasks
+    challenges = tmp_path / "challenges.json"
+    challenges.write_text(json.dumps({t.id: t.with_test_outputs(None).to_json() for t in tasks}))
+    proc = run(
+        [
+            *("-m", "jobs.eval", "--config", "jobs/configs/smoke.yaml", "--data", str(challenges)),
+            *("--model", str(tiny_model_dir), "--registry", str(tmp_path / "registry"), "--name", "kaggle"),
+            *(
+                "--set",
+                f"out_dir={tmp_path}",
+                "--set",
+                "ttft.optim.steps=2",
+                "--set",
+                "inference.d8=[identity]",
+            ),
+            *("--num-cpus", "2"),
+        ]
+    )
+    run_dir = tmp_path / "kaggle"
+    sub = read_submission(run_dir / "submission.json")
+    assert validate_submission(sub, tasks) == [] and set(sub) == {t.id for t in tasks}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["accuracy"] is None and summary["scored_tasks"] == 0
+    assert "No solutions: not scored" in (run_dir / "report.md").read_text()
+    assert "No solutions: not scored" in proc.stdout and "accuracy" not in proc.stdout
+    assert pq.read_table(run_dir / "predictions.parquet").num_rows == sum(len(t.test_inputs) for t in tasks)
+
+
+def test_sweep_split_is_stable_disjoint_and_never_empty():
+    from jobs.sweep import split_tasks
+
+    tasks = load_tasks("arc1/evaluation", max_side=6, limit=9).tasks
+    select, report = split_tasks(tasks, 0.5)
+    assert len(select) == 4 and len(report) == 5
+    assert {t.id for t in select}.isdisjoint(t.id for t in report) and len(select) + len(report) == 9
+    assert split_tasks(tasks[::-1], 0.5) == (select, report)  # by content, not by order
+    assert [len(x) for x in split_tasks(tasks[:2], 0.9)] == [1, 1]
+    with pytest.raises(ValueError, match="at least 2 tasks"):
+        split_tasks(tasks[:1], 0.5)

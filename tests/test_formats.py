@@ -193,3 +193,44 @@ def test_cut_anywhere_never_raises(grid, name, data):
 
 def test_non_text_input_is_an_error_value():
     assert _kind(None, "minimal") == "empty"
+
+
+@given(
+    grids(),
+    encoder_names,
+    st.sampled_from(["\n", "<in>\n", "<out>", "\n<in>"]),
+    st.text(ALPHABET, max_size=40),
+)
+def test_length_stopped_complete_grid_is_accepted(grid, name, end, junk):
+    """A generation cut at its token limit still counts when its text holds a whole grid and then more."""
+    text = build_target(grid, name) + end + junk
+    assert parse_output(text, name, length_stop=True) == grid
+
+
+@given(grids(), encoder_names, st.data())
+def test_length_stopped_text_never_yields_a_partial_grid(grid, name, data):
+    text = build_target(grid, name)
+    cut = data.draw(st.integers(0, len(text)))
+    out = parse_output(text[:cut], name, length_stop=True)
+    assert isinstance(out, ParseError) or out == grid  # a shape grid is complete once every row is there
+
+
+def test_length_stop_examples():
+    out = parse_output("012\n345\n", "minimal", length_stop=True)
+    assert isinstance(out, ParseError) and out.kind == "truncated"  # more rows might have followed
+    assert parse_output("012\n345\n\n678", "minimal", length_stop=True) == [[0, 1, 2], [3, 4, 5]]
+    assert parse_output("012\n345\n<in>\n01", "minimal", length_stop=True) == [[0, 1, 2], [3, 4, 5]]
+    assert parse_output("1x3\n1 012\n2 3", "shape", length_stop=True) == [[0, 1, 2]]
+    out = parse_output("2x3\n1 012\n2 34", "shape", length_stop=True)
+    assert isinstance(out, ParseError) and out.kind == "truncated"
+
+
+def test_stop_strings_end_grids_where_the_parser_does():
+    from ttft.formats import STOP_STRINGS
+
+    assert "\n\n" in STOP_STRINGS and set(MARKERS) <= set(STOP_STRINGS)
+    for name in ENCODERS:
+        target = build_target([[1, 2], [3, 4]], name)
+        assert not any(s in target for s in STOP_STRINGS)  # a real answer never contains a stop string
+        for stop in STOP_STRINGS:
+            assert parse_output(target + stop + "99", name, length_stop=True) == [[1, 2], [3, 4]]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests.s3_server import s3_server  # noqa: F401  (session fixture)
 from ttft import objstore
+from ttft.config import ModelConfig
 from ttft.formats import ALPHABET, MARKERS, build_prompt, build_target
 from ttft.model import (
     SPECIAL_TOKENS,
@@ -20,6 +21,7 @@ from ttft.model import (
     init_tiny_model,
     load_base_model,
     model_identity,
+    pin_model,
     resolve_model_path,
 )
 from ttft.tasks import Pair
@@ -169,6 +171,48 @@ def test_qlora_4bit_training_step(tiny_model_dir: Path):
             assert torch.equal(p.detach(), frozen_before[n]), f"frozen parameter {n} changed"
 
 
+def test_qlora_eval_then_train_keeps_4bit_weights_in_training_layout(tiny_model_dir: Path):
+    """The product's order (val loss under no_grad in eval mode, then training) on every CPU.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 would repack the NF4 weights into its CPU inference layout
+    during the eval forward, and training afterwards would fail or move frozen weights.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import has_avx512bf16
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model, tok = load_base_model(str(tiny_model_dir), load_in_4bit=True)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    print(f"AVX512-BF16 on this CPU: {has_avx512bf16()}")
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    frozen = [(n, p, p.detach().clone()) for n, p in model.named_parameters()]  # PEFT keeps these objects
+    text = build_prompt(TRAIN, TEST_INPUT) + build_target([[1, 2], [0, 0], [3, 3]])
+    ids = tok(text, return_tensors="pt").input_ids
+    model.eval()
+    with torch.no_grad():  # the val loss before training (Finetuner.target_loss)
+        before = model(input_ids=ids, labels=ids).loss.item()
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    )
+    peft_model.train()
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = peft_model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(before, rel=1e-4) and losses[-1] < losses[0]
+    peft_model.eval()
+    with torch.no_grad():  # and evaluating again after training still works
+        assert math.isfinite(peft_model(input_ids=ids, labels=ids).loss.item())
+    for n, p, value in frozen:
+        assert torch.equal(p.detach(), value), f"frozen parameter {n} changed"
+
+
 def test_resolve_model_path_local(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert resolve_model_path(str(tiny_model_dir)) == str(tiny_model_dir.resolve())
     monkeypatch.chdir(tiny_model_dir.parent)
@@ -262,3 +306,39 @@ def test_base_model_path(tmp_path: Path, tiny_model_dir: Path):
     assert base_model_path(ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct")) == "Qwen/Qwen2.5-0.5B-Instruct"
     hf = ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct", revision="r1")
     assert base_model_path(hf) == "Qwen/Qwen2.5-0.5B-Instruct@r1"
+
+
+def test_pin_model_resolves_an_hf_revision_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The driver pins an HF id to a commit: keys cannot change when actors fill their HF cache mid-run."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct")
+    with pytest.raises(ValueError, match="set model.revision to a 40-hex commit"):
+        pin_model(cfg)  # offline, nothing cached: refuse rather than key adapters on a moving "main"
+    sha = "0123abcd" * 5
+    pinned, ident = pin_model(ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct", revision=sha))
+    assert (pinned.revision, ident) == (sha, f"hf:Qwen/Qwen2.5-0.5B-Instruct@{sha}")
+    refs = tmp_path / "models--Qwen--Qwen2.5-0.5B-Instruct" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(sha)
+    pinned, ident = pin_model(cfg)
+    assert pinned.revision == sha and ident == f"hf:Qwen/Qwen2.5-0.5B-Instruct@{sha}"
+    # What an actor computes from the pinned config, whatever its own cache holds, is the same identity.
+    (refs / "main").write_text("f" * 40)  # "main" moved on after the driver pinned it
+    assert model_identity(base_model_path(pinned)) == ident
+
+
+def test_s3_model_identity_from_its_listing(s3_server, tiny_model_dir: Path, monkeypatch):  # noqa: F811
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    uri = f"s3://{s3_server.bucket}/test-model/ident"
+    fs, path = objstore.filesystem_from_uri(uri)
+    objstore.upload_dir(tiny_model_dir, fs, path)
+    pinned, ident = pin_model(ModelConfig(name=uri))
+    assert pinned.name == uri and ident.startswith("s3sha256:") and ident == model_identity(uri + "/")
+    objstore.write_bytes(fs, f"{path}/config.json", b'{"changed": true}')
+    assert model_identity(uri) != ident
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        model_identity(f"s3://{s3_server.bucket}/test-model/none")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -175,7 +176,9 @@ def test_cluster_files_parse_and_name_existing_entrypoints():
     launcher = yaml.safe_load((ROOT / "cluster/gpu-cluster.yaml").read_text())
     assert {"head", "gpu_worker"} <= set(launcher["available_node_types"])
     assert launcher["available_node_types"]["gpu_worker"]["resources"]["GPU"] >= 1
-    assert any(".[gpu]" in c for c in launcher["setup_commands"])
+    assert any("make install-gpu" in c for c in launcher["setup_commands"])
+    starts = launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+    assert all(".venv/bin" in c for c in starts)
     job = yaml.safe_load((ROOT / "cluster/rayjob.yaml").read_text())
     assert job["kind"] == "RayJob"
     entry = job["spec"]["entrypoint"].split()
@@ -183,7 +186,15 @@ def test_cluster_files_parse_and_name_existing_entrypoints():
     assert (ROOT / entry[entry.index("--config") + 1]).is_file()
     env = yaml.safe_load((ROOT / "cluster/runtime_env.yaml").read_text())
     assert ".venv" in env["excludes"]
+    env_vars = yaml.safe_load(job["spec"]["runtimeEnvYAML"]).get("env_vars", {})
+    assert not [k for k in env_vars if "SECRET" in k or "TOKEN" in k]  # secrets come from the pods' env
+    spec = job["spec"]["rayClusterSpec"]
+    pods = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for pod in pods:
+        assert pod["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "ttft-s3"}}]
+    assert "make install-gpu" in (ROOT / "cluster/Dockerfile").read_text()
     makefile = (ROOT / "Makefile").read_text()
+    assert "install-gpu:" in makefile and ".[$(STACK),test]" in makefile
     assert "ray job submit" in makefile and "cluster/runtime_env.yaml" in makefile and "jobs.eval" in makefile
     assert "start" in (ROOT / "cluster/local_head.sh").read_text()
 
@@ -196,6 +207,24 @@ def test_entrypoint_help_documents_options(module):
     assert proc.returncode == 0, proc.stderr
     for opt in ("--config", "--registry", "--model", "--set"):
         assert opt in proc.stdout
+
+
+def test_paths_that_a_ray_job_would_lose_are_resolved_or_refused(ray_client, tmp_path, monkeypatch):
+    from ttft.config import ConfigError
+    from ttft.orchestrate import check_cluster_paths
+
+    cfg = load_config(ROOT / "jobs/configs/smoke.yaml")  # out_dir: runs, registry.root: runs/registry
+    assert check_cluster_paths(cfg) == cfg  # a plain local run: relative paths are the user's own
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # as under `ray job submit`
+    monkeypatch.delenv("TTFT_SUBMIT_DIR", raising=False)
+    with pytest.raises(ConfigError, match="temporary working directory"):
+        check_cluster_paths(cfg)
+    monkeypatch.setenv("TTFT_SUBMIT_DIR", str(ROOT))  # make eval-cluster on a local head
+    fixed = check_cluster_paths(cfg)
+    assert fixed.out_dir == str(ROOT / "runs") and fixed.registry.root == str(ROOT / "runs/registry")
+    monkeypatch.setenv("TTFT_SUBMIT_DIR", str(tmp_path))  # not a checkout this machine has: refused
+    with pytest.raises(ConfigError, match="out_dir"):
+        check_cluster_paths(cfg)
 
 
 def test_finetune_summary_json_written(ray_client, tiny_model_dir, tmp_path):
@@ -229,3 +258,32 @@ def test_finetune_summary_json_written(ray_client, tiny_model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "cli" / "finetune.json").read_text())
     assert data["counts"] == {"trained": 2}
+
+
+def test_object_store_down_exits_3_and_says_why(ray_client, tmp_path):
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "k"}
+    env["AWS_SECRET_ACCESS_KEY"] = "s"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.finetune",
+            "--config",
+            "jobs/configs/smoke.yaml",
+            "--limit",
+            "2",
+            "--registry",
+            "s3://ttft/down",
+            "--set",
+            f"out_dir={tmp_path}",
+            "--address",
+            ray_client["gcs"],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "the registry at s3://ttft/down failed" in proc.stderr and "Traceback" not in proc.stderr

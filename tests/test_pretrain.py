@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_TTFT = {
     "samples": {"mode": "n-1", "max_per_task": 4, "max_seq_len": 2048},
     "augment": {"per_split": 2},
-    "lora": {"rank": 4, "alpha": 8},
+    "lora": {"rank": 8, "alpha": 16},
     "optim": {"lr": 1e-3, "steps": 4, "batch_size": 2, "warmup_steps": 0, "schedule": "cosine", "seed": 0},
 }
 

@@ -120,13 +120,13 @@ def test_validate_submission_problems():
         "zz": [],
     }
     assert validate_submission(sub, TASKS) == [
+        "1 of 4 task(s) missing from the submission (scored 0): t3",
         "task t1: test[0].attempt_2[1]: ragged grid: row has 1 cells, row 0 has 2",
         "task t2: expected 2 test output(s), got 1",
-        "task t3: missing from the submission",
         "task t4: test[1]: missing attempt_2",
         "task t4: test[2].attempt_1[0][0]: color 10 is not in 0..9",
         "task t4: test[2].attempt_2[0][0]: color must be an int 0..9, got bool True",
-        "task zz: not in the task set",
+        "1 task(s) not in the task set (not scored): zz",
     ]
     assert validate_submission({"t1": {"attempt_1": A}}, TASKS[:1]) == [
         "task t1: expected a list of 1 prediction(s), got dict"

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ttft.config import InferenceConfig, ModelConfig
 from ttft.formats import build_prompt
 from ttft.tasks import Pair
-from ttft.vllm_engine import GenRequest, GenResult
+from ttft.vllm_engine import GenRequest, GenResult, serving_dtype
 
 pytestmark = pytest.mark.vllm
 
@@ -99,8 +100,28 @@ def test_base_greedy(vllm_engine):
         assert r.finish_reason == "stop" or r.n_tokens == MAX_TOKENS
 
 
-def test_multi_lora_greedy_matches_hf_peft(vllm_engine, tiny_model_dir: Path, adapters: dict[str, Path]):
-    """ONE batch mixing adapter A, adapter B and the base model == HF PEFT greedy per adapter."""
+def test_default_serving_dtype_is_the_training_dtype():
+    """A run serves in model.dtype unless inference.dtype says otherwise ("auto" = vLLM's own choice)."""
+    assert serving_dtype(ModelConfig().dtype, InferenceConfig().dtype) == ModelConfig().dtype == "float32"
+    assert serving_dtype("bfloat16") == "bfloat16"
+    assert serving_dtype("float32", "auto") == "auto"
+    assert serving_dtype("float32", "bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="dtype must be"):
+        serving_dtype("float64")
+
+
+def test_multi_lora_greedy_matches_hf_peft(
+    vllm_engine, tiny_model_dir: Path, adapters: dict[str, Path], record_property
+):
+    """ONE batch mixing adapter A, adapter B and the base model == HF PEFT greedy per adapter.
+
+    vLLM runs in the default serving dtype (the training dtype, float32 for the tiny model on CPU) and
+    PEFT in float32, the dtype adapters are trained in: texts, token counts and finish reasons are equal.
+    """
+    dtype = vllm_engine.engine_kwargs["dtype"]
+    assert dtype == serving_dtype(ModelConfig().dtype, InferenceConfig().dtype), "not the default path"
+    record_property("compared_dtype", f"vLLM {dtype} vs PEFT float32")
+    print(f"compared: vLLM {dtype} vs HF PEFT float32 (training dtype {ModelConfig().dtype})")
     choices = [*adapters.items(), (None, None)]
     requests, keys = [], []
     for i, prompt in enumerate(PROMPTS):
@@ -121,8 +142,8 @@ def test_multi_lora_greedy_matches_hf_peft(vllm_engine, tiny_model_dir: Path, ad
             want.text,
             want.n_tokens,
             want.finish_reason,
-        ), key
-        assert res.logprob == pytest.approx(want.logprob, abs=1e-3), key
+        ), (key, dtype)
+        assert res.logprob == pytest.approx(want.logprob, abs=1e-3), (key, dtype)
     # the adapters really change the output (the comparison above could not tell otherwise)
     for prompt in PROMPTS:
         texts = {expected[name, prompt].text for name, _ in choices}
@@ -168,3 +189,58 @@ def test_sampling_n_and_arguments(vllm_engine):
         vllm_engine.generate([GenRequest(PROMPTS[2])], max_tokens=4, n=2)
     with pytest.raises(ValueError, match="max_tokens"):
         vllm_engine.generate([GenRequest(PROMPTS[2])], max_tokens=0)
+
+
+def test_token_id_prompts_are_what_the_model_sees(vllm_engine, tiny_model_dir: Path):
+    """A prompt given as token ids generates exactly what its text does (the tiny tokenizer adds nothing),
+    and ids the text would not produce change the output: vLLM really uses the ids."""
+    from ttft.samples import prompt_token_ids
+
+    tok = vllm_engine.tokenizer
+    ids = [tuple(prompt_token_ids(tok, p)) for p in PROMPTS]
+    by_text = vllm_engine.generate([GenRequest(p) for p in PROMPTS], max_tokens=MAX_TOKENS)
+    by_ids = vllm_engine.generate(
+        [GenRequest(p, prompt_token_ids=i) for p, i in zip(PROMPTS, ids)], max_tokens=MAX_TOKENS
+    )
+    assert by_ids == by_text
+    other = tuple(prompt_token_ids(tok, PROMPTS[1]))
+    [[swapped]] = vllm_engine.generate(
+        [GenRequest(PROMPTS[0], prompt_token_ids=other)], max_tokens=MAX_TOKENS
+    )
+    assert swapped == by_text[1][0]  # the text field is ignored when ids are given
+
+
+def test_stop_strings_end_generation_before_the_string(vllm_engine, adapters: dict[str, Path]):
+    """Greedy output cut at the first occurrence of a stop string, which is not returned."""
+    choices = [GenRequest(p) for p in PROMPTS] + [
+        GenRequest(p, str(path), name) for name, path in adapters.items() for p in PROMPTS
+    ]
+    free = vllm_engine.generate(choices, max_tokens=40)
+    # a request whose output has a character first appearing after the start (the random tiny model
+    # repeats itself a lot, the random adapters less)
+    req, text, stop = next(
+        (r, out.text, ch)
+        for r, [out] in zip(choices, free)
+        for ch in dict.fromkeys(out.text)
+        if out.text.index(ch) > 0
+    )
+    [[cut]] = vllm_engine.generate([req], max_tokens=40, stop=[stop, "<never>"])
+    assert cut.text == text[: text.index(stop)]
+    assert cut.finish_reason == "stop" and 0 < cut.n_tokens < 40
+
+
+def test_progress_reports_every_finished_request_with_tokens_per_s(vllm_engine):
+    """vLLM's use_tqdm hook: one report per finished request, done counts up to total, a tokens/s."""
+    calls = []
+    reqs = [GenRequest(p) for p in PROMPTS]
+    got = vllm_engine.generate(reqs, max_tokens=6, progress=lambda *a: calls.append(a))
+    assert [c[0] for c in calls] == list(range(1, len(reqs) + 1))
+    assert all(c[1] == len(reqs) and c[2] >= 0 for c in calls)
+    done, total, elapsed, tokens_per_s = calls[-1]
+    assert tokens_per_s is not None and tokens_per_s == pytest.approx(
+        sum(r[0].n_tokens for r in got) / elapsed, rel=0.2
+    )
+    # n completions per request: the totals count completions
+    calls.clear()
+    vllm_engine.generate(reqs[:2], max_tokens=4, n=2, temperature=1.0, progress=lambda *a: calls.append(a))
+    assert calls[-1][0] == calls[-1][1] and calls[-1][1] in (2, 4)

@@ -32,10 +32,10 @@ def test_inversion_matters_golden():
     # without inversion the three raw grids for ORIGINAL all differ (no grid would get 3 votes)
     assert len({repr(c.grid) for c in cands[:3]}) == 3
     top = vote(cands)
-    assert top == [Attempt(ORIGINAL, 3, -2.0), Attempt(OTHER, 1, -0.1)]
+    assert top == [Attempt(ORIGINAL, 3, -2.0 / 7), Attempt(OTHER, 1, -0.1 / 7)]
     rotated = [[0, 0], [2, 3], [1, 0]]  # rot90 (counter-clockwise) of ORIGINAL
-    assert vote(cands, top_k=None) == [*top, Attempt(rotated, 1, -0.5)]
-    assert vote(cands, top_k=1) == [Attempt(ORIGINAL, 3, -2.0)]
+    assert vote(cands, top_k=None) == [*top, Attempt(rotated, 1, -0.5 / 7)]
+    assert vote(cands, top_k=1) == [Attempt(ORIGINAL, 3, -2.0 / 7)]
 
 
 def test_ties_broken_by_mean_logprob_then_grid():
@@ -52,6 +52,16 @@ def test_ties_broken_by_mean_logprob_then_grid():
     tie = [Candidate("identity", [[9]], -1.0, 1), Candidate("identity", [[4]], -1.0, 1)]
     assert [x.grid for x in vote(tie)] == [[[4]], [[9]]]
     assert [x.grid for x in vote(tie[::-1])] == [[[4]], [[9]]]
+
+
+def test_ties_use_per_token_log_prob_so_large_grids_are_not_penalised():
+    small, large = [[1]], [[2] * 6] * 6
+    cands = [  # one vote each: the 6x6 grid is more confident per token, less in total (42 tokens vs 2)
+        Candidate("identity", small, -1.0, 2),  # -0.5 per token
+        Candidate("identity", large, -4.2, 42),  # -0.1 per token
+    ]
+    assert [a.grid for a in vote(cands)] == [large, small]
+    assert vote(cands)[0].mean_logprob == pytest.approx(-0.1)
 
 
 def test_invalid_candidates_do_not_vote():

@@ -7,19 +7,27 @@ import argparse
 import json
 import sys
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Any
 
-from ttft.config import ConfigError, add_config_args, config_from_args
-from ttft.tasks import TaskError, load_tasks
+from ttft.console import setup_console
+
+# Before any third-party import, and also in vLLM's spawned processes (they re-import the entry module).
+setup_console()
+
+from ttft.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from ttft.safetext import terminal  # noqa: E402
+from ttft.tasks import TaskError, load_tasks  # noqa: E402
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
     try:
         res = load_tasks(args.source, solutions=args.solutions, skip_invalid=True)
     except (TaskError, OSError, ValueError) as e:
-        print(f"invalid: {e}")
+        print(f"invalid: {terminal(e)}")
         return 1
-    print(f"{len(res.tasks)} valid tasks in {args.source}")
+    print(f"{len(res.tasks)} valid tasks in {terminal(args.source)}")
     for err in res.errors:
         print(f"invalid: {err}")
     if res.errors:
@@ -27,46 +35,103 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 1 if res.errors else 0
 
 
-def _load_solutions(source: str) -> tuple[dict[str, list], list]:
-    """(solutions, tasks) from a Kaggle solutions file ({id: [grid, ...]}; no tasks) or a task source."""
-    path = Path(source)
-    if path.is_file():
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
-            return data, []
-    from ttft.scoring import solutions_of
+def cmd_data_fit(args: argparse.Namespace) -> int:
+    """Prompt and answer token lengths of a dataset under the config; exit 1 if some cannot be predicted."""
+    from ttft.datafit import fit_report
+    from ttft.model import base_model_path, load_tokenizer
+    from ttft.samples import prompt_token_ids
 
-    tasks = load_tasks(source).tasks
-    return solutions_of(tasks), tasks
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    """Score a submission; validate it against --tasks, else against the solutions' tasks it covers."""
-    from ttft.scoring import read_submission, score_submission, validate_submission, write_parquet
-
+    cfg = config_from_args(args)
+    d = cfg.data
     try:
-        sub = read_submission(args.submission)
-        solutions, tasks = _load_solutions(args.solutions)
-        if args.tasks:
-            tasks = load_tasks(args.tasks).tasks
+        res = load_tasks(
+            d.source, solutions=d.solutions, ids=d.ids, limit=d.limit, max_side=d.max_side, skip_invalid=True
+        )
+        tok = load_tokenizer(base_model_path(cfg.model))
+        tok.model_max_length = 1 << 30  # only counting here: no warning about prompts past the model's limit
     except (TaskError, OSError, ValueError) as e:
         print(f"error: {e}")
         return 1
-    if not isinstance(sub, dict):
-        print(f"error: {args.submission}: expected a JSON object {{task_id: [...]}}")
+    for err in res.errors:
+        print(f"invalid: {err}")
+    encoder = cfg.ttft.samples.encoder
+    print(f"model {cfg.model.name} ({type(tok).__name__}), encoder {encoder}")
+    report = fit_report(
+        d.source,
+        res.tasks,
+        cfg.inference,
+        encoder,
+        lambda s: len(prompt_token_ids(tok, s)),
+        lambda s: len(tok(s, add_special_tokens=False).input_ids),
+    )
+    print("\n".join(report.lines(cfg.inference.max_model_len)))
+    return 0 if report.predictable == report.test_outputs else 1
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score a submission with Kaggle semantics (every solutions task counts, missing ones score 0), or only
+    its own tasks with --only-submitted; validate it against --tasks, else against the solutions."""
+    from ttft.scoring import (
+        check_submission,
+        load_solutions,
+        read_submission,
+        score_submission,
+        write_parquet,
+    )
+
+    try:
+        sub = read_submission(args.submission)
+        solutions, tasks = load_solutions(args.solutions)
+        if args.tasks:
+            tasks = load_tasks(args.tasks).tasks
+    except (TaskError, OSError, ValueError) as e:
+        print(f"error: {terminal(e)}")
         return 1
-    if not args.tasks and set(sub) < set(solutions):  # a subset run: score and validate the tasks it covers
-        solutions = {k: v for k, v in solutions.items() if k in sub}
-        tasks = [t for t in tasks if t.id in sub]
-        print(f"scoring the {len(solutions)} tasks of the submission")
-    problems = validate_submission(sub, tasks) if tasks else []
+    if not isinstance(sub, dict):
+        print(f"error: {terminal(args.submission)}: expected a JSON object {{task_id: [...]}}")
+        return 1
+    expected = (
+        {t.id: len(t.test_inputs) for t in tasks} if tasks else {k: len(v) for k, v in solutions.items()}
+    )
+    problems = check_submission(sub, expected, only_submitted=args.only_submitted)
     for p in problems:
         print(f"submission problem: {p}")
-    report = score_submission(sub, solutions)
-    print(f"score: {report.total:g} / {report.n_tasks} tasks ({100 * report.mean_score:.2f}%)")
+    report = score_submission(sub, solutions, only_submitted=args.only_submitted)
+    if args.only_submitted and report.n_tasks == 0:
+        print("error: the submission has none of the solutions' tasks: nothing to score")
+        return 1
+    print(report.text())
     if args.out:
         write_parquet(report, args.out)
     return 1 if problems else 0
+
+
+def cmd_score_uri(args: argparse.Namespace) -> int:
+    """`ttft score` where the submission (or a solutions file) is on an object store: fetched, then scored."""
+    from ttft.objstore import is_s3
+    from ttft.runs import fetch_file
+
+    try:
+        for attr in ("submission", "solutions"):
+            if is_s3(getattr(args, attr)):
+                setattr(args, attr, str(fetch_file(getattr(args, attr))))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}")
+        return 1
+    return cmd_score(args)
+
+
+def cmd_runs_pull(args: argparse.Namespace) -> int:
+    """Copy a run published to an object store (or another directory) into a local directory."""
+    from ttft.runs import pull
+
+    try:
+        files = pull(args.uri, args.dest)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}")
+        return 1
+    print(f"{len(files)} files of {args.uri} in {args.dest}: {', '.join(files)}")
+    return 0
 
 
 def cmd_init_tiny(args: argparse.Namespace) -> int:
@@ -79,15 +144,15 @@ def cmd_init_tiny(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """One task, in this process (no Ray): for debugging a recipe."""
+    cfg = config_from_args(args)  # a bad config fails before the heavy imports below
     from ttft.finetune import Finetuner, make_jobs
     from ttft.model import model_identity
     from ttft.registry import AdapterRegistry
 
-    cfg = config_from_args(args)
     try:
         tasks = load_tasks(cfg.data.source, solutions=cfg.data.solutions, ids=[args.task]).tasks
     except (TaskError, OSError, ValueError) as e:
-        print(f"error: {e}")
+        print(f"error: {terminal(e)}")
         return 1
     if not tasks:
         print(f"error: task {args.task!r} not found in {cfg.data.source}")
@@ -113,9 +178,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from ttft.registry import AdapterRegistry
+    from ttft.registry import AdapterRegistry, RegistryError
 
-    reg = AdapterRegistry(args.uri, s3_endpoint=args.s3_endpoint)
+    try:
+        reg = AdapterRegistry(args.uri, s3_endpoint=args.s3_endpoint)
+        return _registry_action(reg, args)
+    except (RegistryError, OSError, ValueError) as e:
+        print(f"error: registry {terminal(args.uri)}: {terminal(' '.join(str(e).split()), 500)}")
+        return 1
+
+
+def _registry_action(reg: Any, args: argparse.Namespace) -> int:
     if args.action == "ls":
         table = reg.query()
         cols = ["key", "task_ids", "status", "steps", "train_loss", "val_loss_after", "run", "created_at"]
@@ -125,11 +198,32 @@ def cmd_registry(args: argparse.Namespace) -> int:
             print(" | ".join(_cell(r.get(c)) for c in cols))
         print(f"{len(rows)} adapters")
     elif args.action == "show":
-        print(json.dumps(reg.describe(), indent=2, default=str))
+        print(json.dumps(reg.describe(), indent=2, default=str))  # ASCII: controls come out as \u escapes
     elif args.action == "gc":
-        print(f"removed {reg.gc(min_age_s=args.min_age)} unreferenced files")
+        if args.min_age < reg.gc_floor_s:
+            print(
+                f"note: files younger than {reg.gc_floor_s:g} s are kept whatever --min-age says "
+                "(a put may still be in flight)"
+            )
+        print(f"removed {reg.gc(min_age_s=args.min_age)} unreferenced adapter folders")
     elif args.action == "compact":
         print(f"merged {reg.compact()} metadata files")
+    elif args.action == "doctor":
+        res = reg.doctor(quarantine=args.quarantine, verify=not args.no_verify)
+        for path, reason in sorted(res["bad_meta_files"].items()):
+            print(f"bad metadata file: {terminal(path)}: {terminal(reason)}")
+        for path in res["quarantined"]:
+            print(f"quarantined: {terminal(path)}")
+        for key, reason in sorted(res["damaged"].items()):
+            print(
+                f"damaged adapter: {key}: {terminal(reason)} (treated as missing: the next run retrains it)"
+            )
+        n_bad, n_damaged = len(res["bad_meta_files"]), len(res["damaged"])
+        print(f"{n_bad} bad metadata files, {n_damaged} damaged adapters")
+        if n_bad and not args.quarantine:
+            print("run again with --quarantine to move the bad metadata files aside")
+            return 1
+        return 1 if n_damaged else 0
     return 0
 
 
@@ -137,8 +231,8 @@ def _cell(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
     if isinstance(v, list):
-        return ",".join(map(str, v))
-    return str(v)
+        return terminal(",".join(map(str, v)), 200)
+    return terminal(v, 200)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -156,6 +250,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ttft", description="Test-time fine-tuning for ARC at cluster scale.")
+    p.add_argument(
+        "--verbose", action="store_true", help="show all third-party logging (also: TTFT_VERBOSE=1)"
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     data = sub.add_parser("data", help="task data tools").add_subparsers(dest="action", required=True)
@@ -163,15 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("source", help="e.g. arc1/evaluation, tasks/, challenges.json")
     v.add_argument("--solutions", help="Kaggle solutions file for a challenges file")
     v.set_defaults(fn=cmd_data_validate)
+    fit = data.add_parser(
+        "fit",
+        help="prompt/output token lengths under a config (median, p90, max) and how many test outputs "
+        "can be predicted at all; exit 1 if some cannot",
+    )
+    add_config_args(fit)
+    fit.set_defaults(fn=cmd_data_fit)
 
     s = sub.add_parser("score", help="score a Kaggle submission (ARC pass@2)")
-    s.add_argument("--submission", required=True)
+    s.add_argument("--submission", required=True, help="submission.json: a local path or s3:// URI")
     s.add_argument(
         "--solutions", required=True, help="Kaggle solutions JSON, or a task source with test outputs"
     )
     s.add_argument("--tasks", help="task source (challenges) to validate the submission against")
+    s.add_argument(
+        "--only-submitted",
+        action="store_true",
+        help="score only the tasks the submission has (default: every solutions task; missing ones score 0)",
+    )
     s.add_argument("--out", help="write per-test-output results as Parquet")
-    s.set_defaults(fn=cmd_score)
+    s.set_defaults(fn=cmd_score_uri)
 
     m = sub.add_parser("model", help="model tools").add_subparsers(dest="action", required=True)
     t = m.add_parser("init-tiny", help="build the tiny Qwen2-architecture test model")
@@ -185,11 +294,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(fn=cmd_finetune)
 
     r = sub.add_parser("registry", help="inspect and maintain an adapter registry")
-    r.add_argument("action", choices=["ls", "show", "gc", "compact"])
+    r.add_argument(
+        "action",
+        choices=["ls", "show", "gc", "compact", "doctor"],
+        help="doctor: list unreadable row files, damaged adapters (--quarantine: move bad row files aside)",
+    )
     r.add_argument("uri", help="local path or s3://bucket/prefix")
     r.add_argument("--s3-endpoint", help="S3 endpoint (default: $AWS_ENDPOINT_URL)")
     r.add_argument("--min-age", type=float, default=3600.0, help="gc: only files older than this (s)")
+    r.add_argument("--quarantine", action="store_true", help="doctor: move bad row files to quarantine/")
+    r.add_argument("--no-verify", action="store_true", help="doctor: skip the adapter file checks")
     r.set_defaults(fn=cmd_registry)
+
+    runs = sub.add_parser("runs", help="finished runs").add_subparsers(dest="action", required=True)
+    pl = runs.add_parser("pull", help="copy a run from s3://.../runs/NAME (or a directory) to a local dir")
+    pl.add_argument("uri", help="e.g. s3://ttft/runs/cluster_smoke")
+    pl.add_argument("dest", help="local directory")
+    pl.set_defaults(fn=cmd_runs_pull)
 
     c = sub.add_parser("compare", help="seed-style table (val loss, accuracy) over finished runs, and a plot")
     c.add_argument("runs", nargs="+", help="run directories (runs/<name>)")
@@ -210,13 +331,21 @@ DELEGATED = {
 }
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    return f"warning: {terminal(message)}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--verbose"] and argv[1:2] and argv[1] in DELEGATED:  # the jobs take it after NAME
+        argv = [argv[1], "--verbose", *argv[2:]]
     if argv and argv[0] in DELEGATED:
         import importlib
 
         return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
+    setup_console(args.verbose)
     try:
         return args.fn(args)
     except ConfigError as e:

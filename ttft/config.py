@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -18,8 +19,14 @@ from typing import Any
 
 import yaml
 
+from ttft import objstore
+from ttft.tasks import MAX_SIDE
+
 ALL_D8 = ["identity", "rot90", "rot180", "rot270", "flip_h", "flip_v", "transpose", "antitranspose"]
 TINY_MODEL = "tiny"
+# The LoRA ranks vLLM serves (its `max_lora_rank` must be one of them); a trained rank must fit one.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+AUTO = "auto"
 
 
 class ConfigError(ValueError):
@@ -45,8 +52,12 @@ class ModelConfig:
     revision: str | None = None
     load_in_4bit: bool = False  # QLoRA through bitsandbytes
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "auto"  # auto (cuda when visible) | cpu (on purpose, also with GPU resources) | cuda
     tiny_dir: str = ".cache/tiny-model"  # where `tiny` is built when missing
     tiny_seed: int = 0
+    # Recompute each layer's activations in the backward pass: ~1/3 more compute, activation memory of one
+    # layer instead of all (on in the GPU configs). Same losses, so not part of the adapter key.
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -115,13 +126,16 @@ class TTFTConfig:
 class OrchestrateConfig:
     """How fine-tunes are scheduled on the Ray cluster."""
 
-    workers: int | None = None  # None: as many as the cluster's resources allow
+    workers: int | None = None  # exact pool size; None: max_workers, else what the cluster holds now
+    max_workers: int | None = None  # pool target asked of the autoscaler (a min_workers: 0 cluster grows)
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0  # fractional allowed: 0.25 packs four fine-tunes on one GPU
+    # Fractional allowed: 0.25 packs four fine-tunes on one GPU. `auto`: as many as ttft.memory's model of
+    # a fine-tune's peak memory fits on the card (see ttft.memory.gpus_per_worker_for).
+    gpus_per_worker: float | str = 0.0
     torch_threads: int | None = None  # per worker; None: cpus_per_worker
     retries: int = 2
     group_size: int = 1  # K tasks per adapter
-    budget: str | None = None  # wall-clock budget for the whole run, e.g. "11h30m"
+    budget: str | float | None = None  # wall-clock budget for the whole run, e.g. "11h30m" or 3600 (s)
     inference_share: float = 0.2  # share of the budget reserved for inference
     min_steps: int = 4  # budget reductions never go below this
     progress_interval_s: float = 10.0
@@ -136,12 +150,13 @@ class InferenceConfig:
     keep_zero: bool = True
     n: int = 1  # samples per prompt (1 = greedy only)
     temperature: float = 0.0
-    max_tokens: int | None = None  # None: bounded from the 30x30 grid limit and the task's grids
+    max_tokens: int | None = None  # None: per prompt, from the train pairs (inference.output_budget)
     max_model_len: int = 4096
     max_loras: int = 16  # LoRA slots per batch; more adapters wait for a slot (bench/inference)
     max_cpu_loras: int | None = None
     gpu_memory_utilization: float | None = None
     engines: int | None = None  # vLLM engines (one per GPU); None: one per GPU, or 1 on CPU
+    dtype: str | None = None  # vLLM's dtype; None: model.dtype (serve as trained), auto: vLLM's choice
     seed: int = 0
 
 
@@ -150,6 +165,7 @@ class RegistryConfig:
     """Where adapters live."""
 
     root: str = "runs/registry"  # local path or s3://bucket/prefix
+    shared: bool = False  # a local root on a filesystem every node mounts at the same path (NFS)
     s3_endpoint: str | None = None  # else AWS_ENDPOINT_URL
 
 
@@ -167,7 +183,7 @@ class RunConfig:
     """One ttft run: data, model, TTFT recipe, scheduling, inference, registry."""
 
     name: str = "smoke"
-    out_dir: str = "runs"
+    out_dir: str = "runs"  # local dir or s3://bucket/prefix: the run's files go to <out_dir>/<name>/
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ttft: TTFTConfig = field(default_factory=TTFTConfig)
@@ -187,6 +203,14 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM serves that holds adapters of `rank` (its `max_lora_rank`), at least 8."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= max(8, rank):
+            return allowed
+    raise ConfigError(f"ttft.lora.rank: {rank} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
+
+
 def ttft_hash(cfg: TTFTConfig) -> str:
     """Stable short hash of the training-relevant config."""
     blob = json.dumps(asdict(cfg), sort_keys=True, separators=(",", ":"))
@@ -197,8 +221,10 @@ _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:
 
 
 def parse_duration(text: str | int | float) -> float:
-    """Parse `11h30m`, `90s`, `2.5h` or a number of seconds into seconds."""
+    """Parse `11h30m`, `90s`, `2.5h` or a number of seconds (3600, "3600") into seconds."""
     if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", str(text)):
         return float(text)
     m = _DURATION.match(str(text))
     if not m or not any(m.groups()):
@@ -212,6 +238,8 @@ _CHOICES = {
     "ttft.samples.encoder": {"minimal", "shape"},
     "ttft.optim.schedule": {"cosine", "linear", "constant"},
     "model.dtype": {"float32", "bfloat16", "float16"},
+    "model.device": {"auto", "cpu", "cuda"},
+    "inference.dtype": {None, "auto", "float32", "bfloat16", "float16"},
     "tracking.backend": {None, "wandb", "mlflow"},
 }
 
@@ -295,14 +323,132 @@ def _check_values(cfg: RunConfig) -> None:
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
+    rank = cfg.ttft.lora.rank
+    if rank not in VLLM_LORA_RANKS:
+        raise ConfigError(
+            f"ttft.lora.rank: {rank} is not a LoRA rank vLLM serves; use one of "
+            f"{', '.join(map(str, VLLM_LORA_RANKS))}"
+        )
+    gpw = cfg.orchestrate.gpus_per_worker
+    if isinstance(gpw, str) and gpw != AUTO:
+        raise ConfigError(f"orchestrate.gpus_per_worker: expected a number or {AUTO!r}, got {gpw!r}")
+    if not isinstance(gpw, str) and gpw < 0:
+        raise ConfigError(f"orchestrate.gpus_per_worker: must be >= 0, got {gpw}")
     if not 0 <= cfg.orchestrate.inference_share < 1:
         raise ConfigError(
             f"orchestrate.inference_share: must be in [0, 1), got {cfg.orchestrate.inference_share}"
         )
     if cfg.orchestrate.budget is not None:
-        parse_duration(cfg.orchestrate.budget)
+        budget = parse_duration(cfg.orchestrate.budget)
+        if not math.isfinite(budget) or budget <= 0:
+            raise ConfigError(
+                f"orchestrate.budget: must be a positive duration, got {cfg.orchestrate.budget!r}"
+            )
+    _check_bounds(flat)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", cfg.name):
         raise ConfigError(f"name: {cfg.name!r} is not a safe run name (letters, digits, _ . + -)")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Allowed range of a numeric config key (None: unbounded on that side)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself excluded
+    high_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        lo = self.low is None or (v > self.low if self.low_open else v >= self.low)
+        hi = self.high is None or (v < self.high if self.high_open else v <= self.high)
+        return lo and hi
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{_num(self.low)}, {_num(self.high)}{right}"
+
+
+def _num(x: float | None) -> str:
+    return str(int(x)) if isinstance(x, int) or (isinstance(x, float) and x.is_integer()) else f"{x:g}"
+
+
+MAX_INT = 2**32 - 1  # no config integer is larger (they reach C code: torch, vLLM, numpy seeds)
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Bound(0), Bound(1), Bound(0, low_open=True)
+# every numeric key (None values, where the type allows, are skipped; non-numbers such as `auto` too)
+BOUNDS: dict[str, Bound] = {
+    "data.limit": AT_LEAST_0,
+    "data.max_side": Bound(1, MAX_SIDE),
+    "model.tiny_seed": Bound(0, 2**32 - 1),
+    "ttft.samples.max_per_task": AT_LEAST_1,
+    "ttft.samples.max_seq_len": AT_LEAST_1,
+    "ttft.augment.per_split": AT_LEAST_1,
+    "ttft.lora.rank": AT_LEAST_1,
+    "ttft.lora.alpha": POSITIVE,
+    "ttft.lora.dropout": Bound(0, 1, high_open=True),
+    "ttft.optim.lr": POSITIVE,
+    "ttft.optim.warmup_steps": AT_LEAST_0,
+    "ttft.optim.steps": AT_LEAST_1,
+    "ttft.optim.epochs": POSITIVE,
+    "ttft.optim.batch_size": AT_LEAST_1,
+    "ttft.optim.grad_accum": AT_LEAST_1,
+    "ttft.optim.weight_decay": AT_LEAST_0,
+    "ttft.optim.max_grad_norm": POSITIVE,
+    "ttft.optim.seed": Bound(0, 2**32 - 1),
+    "orchestrate.workers": AT_LEAST_1,
+    "orchestrate.cpus_per_worker": AT_LEAST_0,
+    "orchestrate.gpus_per_worker": AT_LEAST_0,
+    "orchestrate.torch_threads": AT_LEAST_1,
+    "orchestrate.retries": AT_LEAST_0,
+    "orchestrate.group_size": AT_LEAST_1,
+    "orchestrate.inference_share": Bound(0, 1, high_open=True),
+    "orchestrate.min_steps": AT_LEAST_1,
+    "orchestrate.progress_interval_s": POSITIVE,
+    "inference.color_perms": AT_LEAST_0,
+    "inference.n": AT_LEAST_1,
+    "inference.temperature": AT_LEAST_0,
+    "inference.max_tokens": AT_LEAST_1,
+    "inference.max_model_len": AT_LEAST_1,
+    "inference.max_loras": AT_LEAST_1,
+    "inference.max_cpu_loras": AT_LEAST_1,
+    "inference.gpu_memory_utilization": Bound(0, 1, low_open=True),
+    "inference.engines": AT_LEAST_1,
+    "inference.seed": Bound(0, 2**32 - 1),
+}
+NON_EMPTY = ("ttft.lora.target_modules", "inference.d8")
+
+
+def _check_bounds(flat: dict[str, Any]) -> None:
+    """Ranges of every numeric key (finite, sign, bounds), non-empty lists, storage URIs and endpoints."""
+    for key, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ConfigError(f"{key}: {value} is out of range (at most {MAX_INT})")
+    for key, bound in BOUNDS.items():
+        value = flat.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not bound.holds(value):
+            raise ConfigError(f"{key}: must be {bound}, got {_num(value)}")
+    for key in NON_EMPTY:
+        if not flat.get(key):
+            raise ConfigError(f"{key}: must not be empty")
+    for key in ("ttft.lora.target_modules",):
+        if any(not m.strip() for m in flat[key]):
+            raise ConfigError(f"{key}: module names must not be blank")
+    try:
+        objstore.check_uri(flat["registry.root"])
+        if flat["registry.s3_endpoint"] is not None:
+            objstore.parse_endpoint(flat["registry.s3_endpoint"])
+    except ValueError as e:
+        key = "registry.s3_endpoint" if "endpoint" in str(e) else "registry.root"
+        raise ConfigError(f"{key}: {e}") from None
+    for key in ("out_dir", "model.name"):
+        if key == "out_dir" or objstore.is_s3(flat[key]):
+            try:
+                objstore.check_uri(flat[key])
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -331,7 +477,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. ttft.optim.lr=3e-4")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = safe_yaml(raw, f"override {text.strip()[:80]!r}") if raw.strip() else None
     if isinstance(value, str) and re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", value, re.IGNORECASE):
         value = float(value)  # YAML 1.1 reads 3e-4 as a string
     return key.strip(), value
@@ -358,20 +504,85 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_YAML_BYTES = 1 << 20  # a config file (or one --set value) larger than this is refused
+MAX_YAML_NODES = 100_000  # ... and so is one that expands to more nodes through aliases (a "YAML bomb")
+
+
+def _expanded_nodes(root: yaml.Node, where: str) -> int:
+    """Number of nodes the document has once every alias is expanded (memoized: linear in its size)."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in size:
+            continue
+        kids: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            kids = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            kids = [n for kv in node.value for n in kv]
+        if done:
+            on_path.discard(id(node))
+            size[id(node)] = min(1 + sum(size[id(k)] for k in kids), 10 * MAX_YAML_NODES)
+            continue
+        if id(node) in on_path:
+            raise ConfigError(f"{where}: YAML alias refers to itself (a recursive structure)")
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in size)
+    return size[id(root)]
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load with limits: at most MAX_YAML_BYTES of text and MAX_YAML_NODES nodes after alias
+    expansion (a 600-byte alias bomb is refused at once); any error is a one-line ConfigError."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters of YAML, more than {MAX_YAML_BYTES}")
+    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    loader = loader_cls(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _expanded_nodes(node, where)
+        if n > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: YAML expands to more than {MAX_YAML_NODES} nodes (aliases); refused")
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(e).split())[:300]}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a config file; `extends: other.yaml` (relative to it) merges this file over another."""
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a directory, expected a YAML config file")
+        with open(p, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise ConfigError(f"{p}: larger than {MAX_YAML_BYTES} bytes: not a config file")
+        text = raw.decode("utf-8")
     except FileNotFoundError as e:
         raise ConfigError(f"{p}: config file not found") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
+    data = safe_yaml(text, str(p))
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    base_path = (p.parent / str(parent)).resolve()
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{p}: extends: expected the file name of another config, got {parent!r}")
+    base_path = (p.parent / parent).resolve()
     if base_path in seen:
         raise ConfigError(f"{p}: extends: cycle through {base_path}")
     return _merge(_read_yaml(base_path, (*seen, base_path)), data)

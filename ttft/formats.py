@@ -4,7 +4,8 @@ Encoders: "minimal" (rows of digits joined by newlines, "012\\n340") and "shape"
 "<h>x<w>" then one line per row, "<row number 1-based> <digits>"). Prompts and targets use only the
 characters of ALPHABET plus the MARKERS, so a word-level tokenizer of a few dozen tokens covers them.
 ``parse_output`` never raises on model output: it returns a ParseError value whose ``kind`` says what
-went wrong ("empty", "ragged", "stray_characters", "too_large", "truncated", "shape_mismatch").
+went wrong ("empty", "ragged", "stray_characters", "too_large", "truncated", "shape_mismatch"). Generation
+stops at STOP_STRINGS (a blank line or a template marker), which is where the parser cuts the grid anyway.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from ttft.tasks import MAX_SIDE, Grid, Pair
 
 ALPHABET: str = "0123456789 x\n"
 MARKERS: tuple[str, ...] = ("<in>", "<out>")
+
+# Where generation stops besides EOS: a blank line, or the model starting the next example (a marker).
+STOP_STRINGS: tuple[str, ...] = ("\n\n", *MARKERS)
 
 PARSE_ERROR_KINDS = ("empty", "ragged", "stray_characters", "too_large", "truncated", "shape_mismatch")
 
@@ -86,6 +90,7 @@ class MinimalEncoder:
     """Rows of digits joined by newlines: [[0, 1], [3, 4]] <-> "01\\n34"."""
 
     name = "minimal"
+    self_delimiting = False  # a grid's end is only known from what follows it
 
     def encode(self, grid: Grid) -> str:
         return "\n".join("".join(str(c) for c in row) for row in grid)
@@ -110,6 +115,7 @@ class ShapeEncoder:
     """arc24 style: header "<h>x<w>", then "<row number 1-based> <digits>" per row: "2x2\\n1 01\\n2 34"."""
 
     name = "shape"
+    self_delimiting = True  # the header says how many rows of how many cells follow
 
     def encode(self, grid: Grid) -> str:
         h, w = len(grid), len(grid[0]) if grid else 0
@@ -175,37 +181,46 @@ def get_encoder(encoder: str | Encoder) -> Encoder:
     return encoder
 
 
-def _grid_lines(text: str) -> list[str]:
-    """Lines of the grid part of model output: surrounding whitespace stripped, each line's ends stripped,
-    cut at the first blank line or the first line starting with '<' (a template marker or special token)."""
+def _grid_lines(text: str) -> tuple[list[str], bool]:
+    """Lines of the grid part of model output, each line's ends stripped, and whether the grid visibly ended.
+
+    Leading whitespace is skipped; the grid is cut at the first blank line or the first line starting with
+    '<' (a template marker or special token): then it ended (True). Running out of text is not an end.
+    """
+    raw = text.lstrip().split("\n")
     lines = []
-    for raw in text.strip().split("\n"):
-        line = raw.strip(" \t\r")
-        if not line or line.startswith("<"):
-            break
-        lines.append(line)
-    return lines
+    for i, line in enumerate(raw):
+        line = line.strip(" \t\r")
+        if line.startswith("<") or (not line and i < len(raw) - 1):
+            return lines, True
+        if line:
+            lines.append(line)
+    return lines, False
 
 
-def parse_output(text: str, encoder: str | Encoder) -> Grid | ParseError:
+def parse_output(text: str, encoder: str | Encoder, *, length_stop: bool = False) -> Grid | ParseError:
     """Parse model output into a grid, tolerating surrounding whitespace and text after the grid's end.
 
     Returns (never raises) a ParseError on failure. The grid ends at a blank line, at a line starting with
-    '<' (e.g. a marker), or, for "shape", after the rows the header announces.
+    '<' (e.g. a marker), or, for "shape", after the rows the header announces. ``length_stop``: the
+    generation was cut at its token limit; the grid is then accepted only if it is known to be complete
+    (a "shape" grid with every announced row, or any grid followed by a blank line or a marker), else it
+    is "truncated".
     """
     enc = get_encoder(encoder)
     if not isinstance(text, str):
         return ParseError("empty", f"expected text, got {type(text).__name__}")
     try:
-        lines = _grid_lines(text)
+        lines, ended = _grid_lines(text)
         if not lines:
             return ParseError("empty", "no grid text")
         parse_lines = getattr(enc, "parse_lines", None)
-        if parse_lines is not None:
-            return parse_lines(lines)[0]
-        return enc.decode("\n".join(lines))
+        grid = parse_lines(lines)[0] if parse_lines is not None else enc.decode("\n".join(lines))
     except ParseError as e:
         return e
+    if length_stop and not (ended or getattr(enc, "self_delimiting", False)):
+        return ParseError("truncated", "generation hit its token limit before the grid's end")
+    return grid
 
 
 def build_prompt(train: Sequence[Pair], test_input: Grid, encoder: str = "minimal") -> str:

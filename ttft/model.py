@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -273,12 +274,13 @@ def load_base_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a HF id (``id`` or ``id@revision``), local or s3:// dir.
 
-    ``load_in_4bit`` quantizes linear layers to bitsandbytes NF4 (QLoRA; compute in ``dtype``).
+    ``load_in_4bit`` quantizes linear layers to bitsandbytes NF4 (QLoRA; compute in ``dtype``), with
+    bitsandbytes' CPU inference repack turned off (see :func:`disable_cpu_4bit_repack`).
     ``device`` defaults to ``cuda`` when available, else ``cpu``. The tokenizer gets a pad token (eos)
     if it has none.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     path = resolve_model_path(model, cache_dir)
     name, revision = (path, None) if Path(path).is_dir() else _split_revision(path)
@@ -293,11 +295,42 @@ def load_base_model(
             bnb_4bit_compute_dtype=compute,
             bnb_4bit_use_double_quant=True,
         )
+    tokenizer = load_tokenizer(path)
+    loaded = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    if load_in_4bit:
+        disable_cpu_4bit_repack(loaded)
+    return loaded, tokenizer
+
+
+def load_tokenizer(model: str, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """A model's tokenizer (HF id, ``id@revision``, local or s3:// dir); pad token: eos if it has none."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model, cache_dir)
+    name, revision = (path, None) if Path(path).is_dir() else _split_revision(path)
     tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    loaded = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    return loaded, tokenizer
+    return tokenizer
+
+
+def disable_cpu_4bit_repack(model) -> int:
+    """Keep bitsandbytes' 4-bit weights in their training layout on CPUs with AVX512-BF16.
+
+    bitsandbytes 0.50 ``Linear4bit.forward`` repacks its NF4 weight in place into a CPU inference layout
+    (``_convert_weight_packed_for_cpu``) on the first forward that runs on CPU in eval mode with an input
+    that does not require grad, when ``support_avx512bf16_for_cpu`` is set (read once, at construction,
+    from the CPU). A val-loss pass before training is exactly such a forward; training afterwards fails
+    ("a view of a leaf Variable that requires grad is being used in an in-place operation") or changes
+    the frozen weights. Clearing the flag keeps the portable kernel on every CPU. Returns the number of
+    layers changed.
+    """
+    n = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 def _hash_file_sample(path: Path, h) -> None:
@@ -326,13 +359,85 @@ def _hf_cached_commit(repo_id: str, revision: str) -> str | None:
         return None
 
 
+def model_ref(model_cfg) -> str:
+    """The base model's name without loading it: built tiny dir, local dir, s3:// URI or HF id@rev."""
+    from ttft.config import TINY_MODEL
+
+    if model_cfg.name == TINY_MODEL or not model_cfg.name.startswith("s3://"):
+        return base_model_path(model_cfg)
+    return model_cfg.name.rstrip("/")
+
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def resolve_hf_commit(repo_id: str, revision: str | None) -> str:
+    """The commit sha a Hugging Face revision points to: given, from the local cache, or asked of the Hub.
+
+    Raises ValueError when it cannot be known (offline and not cached): pin ``model.revision`` to a sha.
+    """
+    revision = revision or "main"
+    if _COMMIT.match(revision):
+        return revision
+    cached = _hf_cached_commit(repo_id, revision)
+    if cached:
+        return cached
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().model_info(repo_id, revision=revision).sha
+    except Exception as e:
+        raise ValueError(
+            f"model {repo_id}@{revision}: cannot resolve the revision to a commit ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}); set model.revision to a 40-hex commit sha"
+        ) from None
+    if not sha:
+        raise ValueError(f"model {repo_id}@{revision}: the Hub returned no commit sha")
+    return sha
+
+
+def pin_model(model_cfg):
+    """(model config pinned to exact weights, identity), resolved once by the driver for a whole run.
+
+    An HF id gets ``revision`` set to the commit sha its revision points to now, so every worker downloads
+    the same commit and adapter keys cannot change mid-run; local dirs, ``tiny`` and s3:// prefixes are
+    identified by content (see :func:`model_identity`).
+    """
+    import dataclasses
+
+    ref = model_ref(model_cfg)
+    if ref.startswith("s3://") or Path(ref).is_dir():
+        return model_cfg, model_identity(ref)
+    repo_id, rev = _split_revision(ref)
+    sha = resolve_hf_commit(repo_id, rev or model_cfg.revision)
+    return dataclasses.replace(model_cfg, revision=sha), f"hf:{repo_id}@{sha}"
+
+
+def _s3_listing_identity(uri: str) -> str:
+    """Identity of a model under an s3:// prefix from its listing: every file's name, size and mtime."""
+    from ttft import objstore
+
+    filesystem, path = objstore.filesystem_from_uri(uri)
+    infos = objstore.list_files(filesystem, path)
+    if not any(i.path.endswith("config.json") for i in infos):
+        raise FileNotFoundError(f"{uri}: no config.json under it, not a model directory")
+    h = hashlib.sha256()
+    for i in sorted(infos, key=lambda i: i.path):
+        mtime = i.mtime.isoformat() if i.mtime is not None else ""
+        h.update(f"{i.path[len(path) :]}\0{i.size}\0{mtime}\n".encode())
+    return f"s3sha256:{h.hexdigest()}"
+
+
 def model_identity(model: str) -> str:
     """Stable identity of a base model, used in adapter registry keys.
 
-    Local (or s3://, after download) directories: ``"sha256:<hex>"`` over config.json, tokenizer files
+    s3:// prefixes: ``"s3sha256:<hex>"`` over the listing (names, sizes, mtimes), without downloading.
+    Local directories: ``"sha256:<hex>"`` over config.json, tokenizer files
     and each weight file's name, size and first/last MiB. HF ids: ``"hf:<id>@<revision>"`` where the
     revision is the commit hash when the local HF cache knows it, else the given revision or ``main``.
     """
+    if model.startswith("s3://"):
+        return _s3_listing_identity(model.rstrip("/"))
     path = resolve_model_path(model)
     directory = Path(path)
     if not directory.is_dir():

@@ -38,6 +38,51 @@ class S3Settings:
         return f"S3Settings(endpoint={self.endpoint!r}, scheme={self.scheme!r}, region={self.region!r})"
 
 
+def parse_endpoint(endpoint: str) -> tuple[str, str]:
+    """(host[:port], scheme) of an S3 endpoint such as `http://127.0.0.1:9000` or `minio.example:9000`.
+
+    Without a scheme, loopback hosts get http and others https. Raises ValueError for an empty endpoint, a
+    scheme other than http/https, no host, a bad port, or a path / query / credentials in the URL.
+    """
+    if not isinstance(endpoint, str) or not endpoint.strip():
+        raise ValueError(f"S3 endpoint {endpoint!r}: empty")
+    parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    if parsed.scheme and parsed.scheme not in ("http", "https"):
+        raise ValueError(f"S3 endpoint {endpoint!r}: scheme must be http or https")
+    if not parsed.netloc or not parsed.hostname:
+        raise ValueError(f"S3 endpoint {endpoint!r}: no host")
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or "@" in parsed.netloc:
+        raise ValueError(f"S3 endpoint {endpoint!r}: expected scheme://host[:port] only")
+    try:
+        parsed.port  # noqa: B018  (raises ValueError for a port out of range or not a number)
+    except ValueError as e:
+        raise ValueError(f"S3 endpoint {endpoint!r}: {e}") from None
+    scheme = parsed.scheme or ("http" if parsed.hostname in ("127.0.0.1", "localhost", "::1") else "https")
+    return parsed.netloc, scheme
+
+
+def check_uri(root: str | os.PathLike) -> str:
+    """Validate a storage root (a local path, `file://` path or `s3://bucket/prefix`); return it as a str.
+
+    Raises ValueError for an empty root, another scheme (http://, gs://, ...), an S3 URI without a bucket,
+    or with an empty, '.' or '..' path component.
+    """
+    root = str(root)
+    if not root.strip():
+        raise ValueError("storage root is empty (use a local path or s3://bucket/prefix)")
+    if "\x00" in root:
+        raise ValueError(f"storage root {root!r}: contains a NUL character")
+    if is_s3(root):
+        path = root[len("s3://") :].strip("/")
+        if not path or path.split("/")[0] in ("", ".", ".."):
+            raise ValueError(f"S3 URI {root!r}: no bucket")
+        if any(part in ("", ".", "..") for part in path.split("/")):
+            raise ValueError(f"S3 URI {root!r}: empty, '.' or '..' path component")
+    elif "://" in root and not root.startswith("file://"):
+        raise ValueError(f"unsupported storage URI {root!r} (use a local path or s3://bucket/prefix)")
+    return root
+
+
 def s3_settings(
     endpoint: str | None = None,
     access_key: str | None = None,
@@ -49,16 +94,7 @@ def s3_settings(
     scheme = "https"
     host = None
     if endpoint:
-        parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-        host = parsed.netloc or parsed.path
-        if not host:
-            raise ValueError(f"S3 endpoint {endpoint!r}: no host")
-        if parsed.scheme:
-            if parsed.scheme not in ("http", "https"):
-                raise ValueError(f"S3 endpoint {endpoint!r}: scheme must be http or https")
-            scheme = parsed.scheme
-        elif parsed.hostname in ("127.0.0.1", "localhost", "::1"):
-            scheme = "http"
+        host, scheme = parse_endpoint(endpoint)
     return S3Settings(
         endpoint=host,
         scheme=scheme,
@@ -99,16 +135,10 @@ def filesystem_from_uri(
 
     The path has no trailing slash; for S3 it is `bucket/prefix`, for a local root an absolute path.
     """
-    root = str(root)
+    root = check_uri(root)
     if is_s3(root):
         path = root[len("s3://") :].strip("/")
-        if not path or path.split("/")[0] in ("", ".", ".."):
-            raise ValueError(f"S3 URI {root!r}: no bucket")
-        if any(part in ("", ".", "..") for part in path.split("/")):
-            raise ValueError(f"S3 URI {root!r}: empty, '.' or '..' path component")
         return s3_filesystem(s3_settings(endpoint, access_key, secret_key, region)), path
-    if "://" in root and not root.startswith("file://"):
-        raise ValueError(f"unsupported storage URI {root!r} (use a local path or s3://bucket/prefix)")
     if root.startswith("file://"):
         root = urllib.parse.urlsplit(root).path
     return pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())

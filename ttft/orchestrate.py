@@ -1,21 +1,21 @@
-"""Ray scheduling of fine-tunes: a pool of actors, a queue, retries, resume, a time budget, progress.
+"""Ray scheduling: the fine-tune pool and the inference engines, on a local Ray or a multi-node cluster.
 
-The driver computes every job's registry key, skips keys the registry already holds (resume), and
-feeds the rest to `FinetuneWorker` actors, one job in flight per actor (backpressure). Each actor
-loads the base model once and trains job after job. A dead actor's job goes back to the queue and a
-replacement starts; a job that raises is retried, then recorded in the registry as failed. With a
-budget, per-job steps shrink as the measured time per step says they must, and a job that cannot
-finish before the deadline is not started. Only this module (and jobs/) imports Ray.
+The driver (which may run on a head node with no GPU and no disk shared with the workers) resolves the
+base model's identity once, computes every job's registry key, skips keys the registry already holds
+(resume), and runs the rest on `FinetuneWorker` actors, which load the base model once and train job after
+job. `ttft.scheduler.Scheduler` makes every decision (pool target, dispatch, retry, worker death, budget);
+this module only moves jobs and results through Ray. Inference runs in `InferenceWorker` actors, one vLLM
+engine per GPU, whenever the cluster has (or will get) GPUs, and in the driver only when it has none.
+Only registry keys cross a Ray boundary: every actor fetches what it needs into its own cache. Only this
+module (and jobs/) imports Ray.
 """
 
 from __future__ import annotations
 
 import collections
-import math
 import os
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -23,18 +23,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import pyarrow as pa
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ttft.config import OrchestrateConfig, RegistryConfig, RunConfig, parse_duration, ttft_hash
+from ttft.config import RegistryConfig, RunConfig, parse_duration, ttft_hash, vllm_max_lora_rank
+from ttft.console import ray_init_kwargs, warn
 from ttft.finetune import FinetuneJob, Finetuner, make_jobs
-from ttft.inference import Adapter, Predictions, predict
+from ttft.inference import Adapter, Predictions, merge_predictions, predict
 from ttft.model import base_model_path, model_identity
-from ttft.registry import AdapterRegistry
+from ttft.registry import AdapterRegistry, RegistryError
+from ttft.scheduler import BudgetPlanner, FinetuneSummary, JobOutcome, Scheduler, pool_target
 from ttft.tasks import Task
 
 WORKER_NAMESPACE = "ttft"
+HEAD_RESOURCE = "node:__internal_head__"
 
 
 def open_registry(cfg: RegistryConfig) -> AdapterRegistry:
@@ -42,20 +44,91 @@ def open_registry(cfg: RegistryConfig) -> AdapterRegistry:
     return AdapterRegistry(cfg.root, s3_endpoint=cfg.s3_endpoint)
 
 
+def this_node() -> str:
+    """The Ray node id of the calling process (driver or actor)."""
+    return ray.get_runtime_context().get_node_id()
+
+
+def node_labels() -> dict[str, str]:
+    """A readable label per alive Ray node id: `head` or `worker-N`, with its address."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    heads = [n for n in nodes if HEAD_RESOURCE in n.get("Resources", {})]
+    workers = sorted(
+        (n for n in nodes if n not in heads), key=lambda n: (n["NodeManagerAddress"], n["NodeID"])
+    )
+    labels = {n["NodeID"]: f"head ({n['NodeManagerAddress']})" for n in heads}
+    for i, n in enumerate(workers, 1):
+        labels[n["NodeID"]] = f"worker-{i} ({n['NodeManagerAddress']}, {n['NodeID'][:8]})"
+    return labels
+
+
+def resolve_gpus_per_worker(cfg: RunConfig, out: TextIO = sys.stderr) -> RunConfig:
+    """`orchestrate.gpus_per_worker: auto` -> the share of one GPU a fine-tune needs on this cluster's cards
+    (ttft.memory's model of peak memory, the card from the GPU nodes' Ray accelerator type)."""
+    import dataclasses
+
+    from ttft.config import AUTO
+    from ttft.memory import gpus_per_worker_for
+
+    if cfg.orchestrate.gpus_per_worker != AUTO:
+        return cfg
+    kinds = sorted(
+        {
+            r.split(":", 1)[1]
+            for n in ray.nodes()
+            if n.get("Alive") and n.get("Resources", {}).get("GPU")
+            for r in n["Resources"]
+            if r.startswith("accelerator_type:")
+        }
+    )
+    share = 1.0
+    if kinds:
+        share = min(gpus_per_worker_for(cfg.model, cfg.ttft, k) for k in kinds)  # the smallest card decides
+        print(f"[ttft] gpus_per_worker auto: {share:.3g} of a GPU per fine-tune on {kinds}", file=out)
+    else:
+        print("[ttft] gpus_per_worker auto: no GPU node up to size from; one fine-tune per GPU", file=out)
+    orc = dataclasses.replace(cfg.orchestrate, gpus_per_worker=share)
+    return dataclasses.replace(cfg, orchestrate=orc)
+
+
+def check_device(cfg: RunConfig) -> None:
+    """Fail fast when the config asks for GPUs but CUDA is not visible here (unless model.device is cpu)."""
+    import torch
+
+    if cfg.model.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"model.device=cuda but CUDA is not visible on {socket.gethostname()}")
+    if cfg.orchestrate.gpus_per_worker > 0 and cfg.model.device == "auto" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"orchestrate.gpus_per_worker={cfg.orchestrate.gpus_per_worker} but CUDA is not visible on "
+            f"{socket.gethostname()} (torch {torch.__version__}); install the GPU stack (`make install-gpu`) "
+            "or set model.device=cpu to train on CPU on purpose"
+        )
+
+
 @ray.remote
 class FinetuneWorker:
     """A Ray actor holding one base model; trains and registers one adapter per call."""
 
-    def __init__(self, cfg: RunConfig, torch_threads: int | None):
+    def __init__(self, cfg: RunConfig, identity: str, torch_threads: int | None):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor drowns the progress lines
+        check_device(cfg)
+        local = model_identity(base_model_path(cfg.model))
+        if local != identity:
+            raise RuntimeError(
+                f"base model {cfg.model.name!r} on this node is {local}, the driver resolved {identity}: "
+                "adapter keys would not match (pin model.revision, or use the same model files everywhere)"
+            )
         self.cfg = cfg
-        self.finetuner = Finetuner(cfg.model, cfg.ttft, torch_threads=torch_threads)
+        # cap this actor at its share of the GPU (fractional num_gpus); peak memory is reset per job
+        gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+        self.finetuner = Finetuner(cfg.model, cfg.ttft, torch_threads=torch_threads, gpu_fraction=gpus)
         self.registry = open_registry(cfg.registry)
 
     def ready(self) -> str:
-        return socket.gethostname()
+        """The node this worker runs on, once its model is loaded."""
+        return this_node()
 
     def run(self, job: FinetuneJob, attempt: int) -> dict[str, Any]:
         """Train `job`, put the adapter in the registry, return its metrics."""
@@ -70,130 +143,31 @@ class FinetuneWorker:
             shutil.rmtree(work, ignore_errors=True)
 
 
-@dataclass
-class JobOutcome:
-    """What happened to one job in this run."""
-
-    key: str
-    task_ids: list[str]
-    status: str  # trained | reused | failed | skipped
-    attempts: int = 0
-    error: str | None = None
-    steps: int | None = None
-    planned_steps: int | None = None
-    seconds: float | None = None
-    reduced: bool = False
-    row: dict[str, Any] | None = None
-
-
-@dataclass
-class FinetuneSummary:
-    """The fine-tune stage of a run: per-job outcomes and totals."""
-
-    outcomes: list[JobOutcome] = field(default_factory=list)
-    seconds: float = 0.0
-    workers: int = 0
-    deadline_s: float | None = None
-
-    def by_status(self, status: str) -> list[JobOutcome]:
-        return [o for o in self.outcomes if o.status == status]
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return dict(collections.Counter(o.status for o in self.outcomes))
-
-    def text(self) -> str:
-        c = self.counts
-        lines = [
-            f"fine-tune: {len(self.outcomes)} jobs, {c.get('trained', 0)} trained, "
-            f"{c.get('reused', 0)} reused, "
-            f"{c.get('failed', 0)} failed, {c.get('skipped', 0)} skipped; {self.workers} workers, "
-            f"{self.seconds:.1f}s"
-        ]
-        for o in self.by_status("failed") + self.by_status("skipped"):
-            lines.append(f"  {o.status}: {','.join(o.task_ids)}: {o.error}")
-        for o in self.outcomes:
-            if o.reduced:
-                lines.append(f"  reduced: {','.join(o.task_ids)}: {o.steps}/{o.planned_steps} steps (budget)")
-        return "\n".join(lines)
-
-
 class Progress:
     """Console progress: done / failed / running / remaining, tasks per hour, ETA."""
 
-    def __init__(self, total: int, interval_s: float, out: TextIO = sys.stderr):
-        self.total, self.interval, self.out = total, interval_s, out
+    def __init__(self, total: int, interval_s: float, out: TextIO = sys.stderr, what: str = "fine-tune"):
+        self.total, self.interval, self.out, self.what = total, interval_s, out, what
         self.t0 = time.monotonic()
         self.last = 0.0
 
-    def line(self, done: int, failed: int, running: int) -> str:
+    def line(self, done: int, failed: int, running: int, extra: str = "") -> str:
         elapsed = time.monotonic() - self.t0
         finished = done + failed
         rate = finished / elapsed * 3600 if elapsed > 0 else 0.0
         remaining = self.total - finished
         eta = remaining / (finished / elapsed) if finished else float("nan")
-        eta_s = f"{eta:.0f}s" if math.isfinite(eta) else "?"
+        eta_s = f"{eta:.0f}s" if eta == eta and eta != float("inf") else "?"
         return (
-            f"[ttft] fine-tune {finished}/{self.total} done={done} failed={failed} running={running} "
-            f"remaining={remaining} | {rate:.1f} tasks/h | elapsed {elapsed:.0f}s | ETA {eta_s}"
+            f"[ttft] {self.what} {finished}/{self.total} done={done} failed={failed} running={running} "
+            f"remaining={remaining}{extra} | {rate:.1f} tasks/h | elapsed {elapsed:.0f}s | ETA {eta_s}"
         )
 
-    def tick(self, done: int, failed: int, running: int, force: bool = False) -> None:
+    def tick(self, done: int, failed: int, running: int, extra: str = "", force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self.last >= self.interval:
             self.last = now
-            print(self.line(done, failed, running), file=self.out, flush=True)
-
-
-def pool_size(orc: OrchestrateConfig, n_jobs: int) -> int:
-    """Actors that the cluster's current resources hold (or `orc.workers`), at most one per job."""
-    if orc.workers:
-        return max(1, min(orc.workers, n_jobs))
-    res = ray.cluster_resources()
-    if orc.gpus_per_worker > 0:
-        fit = int(res.get("GPU", 0) / orc.gpus_per_worker)
-    else:
-        fit = int(res.get("CPU", 1) / max(orc.cpus_per_worker, 1e-9))
-    return max(1, min(fit, n_jobs))
-
-
-class BudgetPlanner:
-    """Estimates time per step from finished jobs and shrinks the steps of jobs still to start."""
-
-    def __init__(self, deadline: float | None, min_steps: int):
-        self.deadline = deadline  # time.monotonic() value
-        self.min_steps = min_steps
-        self.per_step: list[float] = []
-        self.overhead: list[float] = []
-
-    def observe(self, row: dict[str, Any]) -> None:
-        """Learn from a finished job: seconds per train step, and seconds outside the steps."""
-        if row.get("steps") and row.get("train_seconds"):
-            self.per_step.append(row["train_seconds"] / row["steps"])
-            self.overhead.append(max(0.0, row["seconds"] - row["train_seconds"]))
-
-    def plan(self, planned: int, queued: int, workers: int, now: float) -> tuple[int | None, float | None]:
-        """(steps, max_seconds) for the next job; steps 0 means it cannot finish before the deadline.
-
-        Jobs still to start share the remaining time across the pool; each gets at most its share as a
-        hard time cap, and once time per step is measured, its steps are cut to fit that share.
-        """
-        if self.deadline is None:
-            return None, None
-        left = self.deadline - now
-        if left <= 0:
-            return 0, None
-        share = left / max(1, math.ceil(queued / max(1, workers)))
-        if not self.per_step:
-            return None, share
-        sps = statistics.median(self.per_step)
-        overhead = statistics.median(self.overhead)
-        steps = min(planned, int((share - overhead) / sps))
-        if steps < self.min_steps:
-            if overhead + self.min_steps * sps > left:
-                return 0, None
-            steps = self.min_steps
-        return steps, max(share, overhead + steps * sps)
+            print(self.line(done, failed, running, extra), file=self.out, flush=True)
 
 
 def _describe(exc: BaseException) -> str:
@@ -203,175 +177,180 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
 
+def _worker_resources(cfg: RunConfig) -> dict[str, float]:
+    orc = cfg.orchestrate
+    return (
+        {"CPU": orc.cpus_per_worker, "GPU": orc.gpus_per_worker}
+        if orc.gpus_per_worker
+        else {"CPU": orc.cpus_per_worker}
+    )
+
+
+def request_workers(bundles: list[dict[str, float]]) -> None:
+    """Ask the autoscaler for these resource bundles (an empty list releases the request)."""
+    from ray.autoscaler.sdk import request_resources
+
+    try:
+        request_resources(bundles=bundles)
+    except Exception as e:  # a hint only: a cluster without an autoscaler still runs
+        print(f"[ttft] could not ask the autoscaler for resources: {_describe(e)}", file=sys.stderr)
+
+
+def wait_for_free_gpus(timeout_s: float = 120.0) -> bool:
+    """Wait until every GPU of the cluster is free again (killed actors release theirs asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        total = ray.cluster_resources().get("GPU", 0)
+        if ray.available_resources().get("GPU", 0) >= total - 1e-6:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def run_finetunes(
     cfg: RunConfig,
     tasks: Sequence[Task],
     *,
+    identity: str | None = None,
     out: TextIO = sys.stderr,
     on_result: Callable[[JobOutcome], None] | None = None,
     start_time: float | None = None,
 ) -> FinetuneSummary:
     """Fine-tune every task (or group) of `tasks` on the Ray cluster; ray.init must have been called.
 
-    Returns per-job outcomes. Never raises for a failing job: it is retried `orchestrate.retries` times,
-    then recorded as failed in the registry and in the summary.
+    `identity` is the base model's identity resolved once by the driver (`ttft.model.pin_model`); when
+    None it is computed here. Returns per-job outcomes. Never raises for a failing job: it is retried
+    `orchestrate.retries` times, then recorded as failed in the registry and in the summary.
     """
     t_start = start_time if start_time is not None else time.monotonic()
+    cfg = resolve_gpus_per_worker(cfg, out)
     orc = cfg.orchestrate
     summary = FinetuneSummary()
     if not cfg.ttft.enabled or not tasks:
         return summary
     registry = open_registry(cfg.registry)
-    identity = model_identity(base_model_path(cfg.model))
+    identity = identity or model_identity(base_model_path(cfg.model))
     jobs = make_jobs(tasks, identity, cfg.model, cfg.ttft, orc.group_size)
     existing = registry.exists([j.key for j in jobs])
-    outcomes: dict[str, JobOutcome] = {}
-    queue: collections.deque[FinetuneJob] = collections.deque()
-    for job in jobs:
-        if job.key in existing:
-            outcomes[job.key] = JobOutcome(job.key, job.task_ids, "reused")
-        else:
-            queue.append(job)
-    print(
-        f"[ttft] {len(jobs)} fine-tune jobs: {len(existing)} found in the registry, {len(queue)} to train",
-        file=out,
-        flush=True,
-    )
-
     deadline = None
     if orc.budget:
         deadline = t_start + parse_duration(orc.budget) * (1 - orc.inference_share)
         summary.deadline_s = deadline - t_start
-    planner = BudgetPlanner(deadline, orc.min_steps)
+    target = pool_target(
+        len(jobs) - len(existing),
+        workers=orc.workers,
+        max_workers=orc.max_workers,
+        cpus_per_worker=orc.cpus_per_worker,
+        gpus_per_worker=orc.gpus_per_worker,
+        cluster=ray.cluster_resources(),
+    )
+    sched = Scheduler(
+        jobs,
+        existing=existing,
+        retries=orc.retries,
+        target_workers=target,
+        planner=BudgetPlanner(deadline, orc.min_steps),
+        planned_steps=None if cfg.ttft.optim.epochs is not None else cfg.ttft.optim.steps,
+    )
+    print(
+        f"[ttft] {len(jobs)} fine-tune jobs: {len(existing)} found in the registry, {sched.to_train} to train"
+        + (f" on up to {target} workers" if sched.to_train else ""),
+        file=out,
+        flush=True,
+    )
+    if not sched.to_train:
+        summary.outcomes = sched.summary_outcomes()
+        return summary
     threads = orc.torch_threads or max(1, int(orc.cpus_per_worker))
-
-    def new_actor(i: int) -> Any:
-        name = f"worker-{cfg.name}-{i}-{os.getpid()}"
-        return FinetuneWorker.options(
-            name=name,
-            namespace=WORKER_NAMESPACE,
-            num_cpus=orc.cpus_per_worker,
-            num_gpus=orc.gpus_per_worker,
-            max_concurrency=1,
-        ).remote(cfg, threads)
-
+    labels = node_labels()
     actors: dict[int, Any] = {}
-    next_id = 0
-    idle: collections.deque[int] = collections.deque()
-    in_flight: dict[Any, tuple[int, FinetuneJob]] = {}
-    attempts: collections.Counter[str] = collections.Counter()
-    deaths: collections.Counter[str] = collections.Counter()
-    progress = Progress(len(queue), orc.progress_interval_s, out)
-    done = failed = 0
+    pending: dict[Any, tuple[str, int]] = {}  # ref -> ("ready" | "run", worker id)
+    progress = Progress(sched.to_train, orc.progress_interval_s, out)
 
-    def grow() -> None:
-        nonlocal next_id
-        want = pool_size(orc, len(queue) + len(in_flight))
-        while len(actors) < want and queue:
-            actors[next_id] = new_actor(next_id)
-            idle.append(next_id)
-            next_id += 1
+    def label(node_id: str) -> str:
+        if node_id not in labels:
+            labels.update(node_labels())
+        return labels.get(node_id, node_id[:8])
 
-    def finish(job: FinetuneJob, outcome: JobOutcome) -> None:
-        outcomes[job.key] = outcome
-        if on_result:
+    def record_failure(job: FinetuneJob, outcome: JobOutcome) -> None:
+        try:
+            registry.put_failed(job.key, _failed_row(cfg, job, outcome.attempts), outcome.error or "")
+        except Exception as e:  # the store is down: the outcome still goes to the summary (finetune.json)
+            summary.registry_errors.append(f"{','.join(job.task_ids)}: {_describe(e)}")
+
+    def finish(outcome: JobOutcome | None) -> None:
+        if outcome is not None and on_result:
             on_result(outcome)
 
-    grow()
-    summary.workers = len(actors)
+    request_workers([_worker_resources(cfg)] * target)
     try:
-        while queue or in_flight:
-            while idle and queue:
-                job = queue.popleft()
-                steps, max_s = planner.plan(
-                    _planned(outcomes, cfg), len(queue) + 1, len(actors), time.monotonic()
-                )
-                if steps == 0:
-                    finish(
-                        job,
-                        JobOutcome(
-                            job.key,
-                            job.task_ids,
-                            "skipped",
-                            error="not started: cannot finish before the time budget's deadline",
-                        ),
-                    )
-                    continue
-                job.steps, job.max_seconds = steps, max_s
-                aid = idle.popleft()
-                attempts[job.key] += 1
-                in_flight[actors[aid].run.remote(job, attempts[job.key])] = (aid, job)
-            if not in_flight:
+        while not sched.finished:
+            for wid in sched.workers_to_start():
+                actors[wid] = FinetuneWorker.options(
+                    name=f"worker-{cfg.name}-{wid}-{os.getpid()}",
+                    namespace=WORKER_NAMESPACE,
+                    num_cpus=orc.cpus_per_worker,
+                    num_gpus=orc.gpus_per_worker,
+                    max_concurrency=1,
+                ).remote(cfg, identity, threads)
+                pending[actors[wid].ready.remote()] = ("ready", wid)
+            sent, skipped = sched.dispatch(time.monotonic())
+            for d in sent:
+                pending[actors[d.worker].run.remote(d.job, d.attempt)] = ("run", d.worker)
+            for o in skipped:
+                finish(o)
+            for wid in sched.retire_idle():
+                ray.kill(actors.pop(wid), no_restart=True)
+            if sched.finished:
                 break
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=min(orc.progress_interval_s, 5.0))
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(orc.progress_interval_s, 5.0))
             for ref in ready:
-                aid, job = in_flight.pop(ref)
+                kind, wid = pending.pop(ref)
                 try:
-                    row = ray.get(ref)
-                except RayActorError as e:  # the actor died (node lost, OOM kill, ray.kill): requeue the job
-                    deaths[job.key] += 1
-                    attempts[job.key] -= 1
-                    actors.pop(aid, None)
-                    print(
-                        f"[ttft] worker {aid} died running {','.join(job.task_ids)}; requeued "
-                        f"({_describe(e)})",
-                        file=out,
-                        flush=True,
-                    )
-                    if deaths[job.key] > orc.retries + 1:
-                        failed += 1
-                        err = f"worker died {deaths[job.key]} times: {_describe(e)}"
-                        registry.put_failed(job.key, _failed_row(cfg, job, attempts[job.key]), err)
-                        finish(job, JobOutcome(job.key, job.task_ids, "failed", attempts[job.key], err))
-                    else:
-                        queue.appendleft(job)
-                    grow()
+                    value = ray.get(ref)
+                except RayActorError as e:  # the actor died (node lost, OOM kill) or its constructor raised
+                    actors.pop(wid, None)
+                    if kind == "ready":
+                        sched.worker_start_failed(wid, _describe(e))
+                        continue
+                    job, failed = sched.worker_died(wid, _describe(e))
+                    if job is not None:
+                        print(
+                            f"[ttft] worker {wid} died running {','.join(job.task_ids)}; "
+                            f"{'failed' if failed else 'requeued'} ({_describe(e)})",
+                            file=out,
+                            flush=True,
+                        )
+                    if failed is not None:
+                        record_failure(job, failed)
+                        finish(failed)
                     continue
                 except Exception as e:  # the job raised: retry, then record as failed
-                    idle.append(aid)
-                    if attempts[job.key] <= orc.retries:
-                        queue.append(job)
+                    if kind == "ready":
+                        sched.worker_start_failed(wid, _describe(e))
                         continue
-                    failed += 1
-                    err = _describe(e)
-                    registry.put_failed(job.key, _failed_row(cfg, job, attempts[job.key]), err)
-                    finish(job, JobOutcome(job.key, job.task_ids, "failed", attempts[job.key], err))
+                    job = sched.busy[wid]
+                    failed = sched.raised(wid, _describe(e))
+                    if failed is not None:
+                        record_failure(job, failed)
+                        finish(failed)
                     continue
-                idle.append(aid)
-                planner.observe(row)
-                done += 1
-                finish(
-                    job,
-                    JobOutcome(
-                        job.key,
-                        job.task_ids,
-                        "trained",
-                        attempts[job.key],
-                        steps=row["steps"],
-                        planned_steps=row["planned_steps"],
-                        seconds=row["seconds"],
-                        reduced=bool(row["reduced"]),
-                        row=row,
-                    ),
-                )
-            grow()
-            progress.tick(done, failed, len(in_flight))
-        progress.tick(done, failed, 0, force=True)
+                if kind == "ready":
+                    sched.worker_ready(wid, label(value))
+                else:
+                    finish(sched.succeeded(wid, value))
+            done, failed_n = sched.counts()
+            progress.tick(done, failed_n, len(sched.busy), f" workers={sched.ready_workers}/{sched.target}")
+        done, failed_n = sched.counts()
+        progress.tick(done, failed_n, 0, force=True)
     finally:
         for handle in actors.values():
             ray.kill(handle, no_restart=True)
-    summary.outcomes = [outcomes[j.key] for j in jobs]
+        request_workers([])
+    summary.workers = sched.started_ever
+    summary.outcomes = sched.summary_outcomes()
     summary.seconds = time.monotonic() - t_start
     return summary
-
-
-def _planned(outcomes: dict[str, JobOutcome], cfg: RunConfig) -> int:
-    """Planned steps of a job: the config's, or with `epochs`, the latest finished job's plan."""
-    if cfg.ttft.optim.epochs is not None:
-        for o in reversed(list(outcomes.values())):
-            if o.planned_steps:
-                return o.planned_steps
-    return cfg.ttft.optim.steps
 
 
 def _failed_row(cfg: RunConfig, job: FinetuneJob, attempts: int) -> dict[str, Any]:
@@ -386,90 +365,258 @@ def _failed_row(cfg: RunConfig, job: FinetuneJob, attempts: int) -> dict[str, An
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> None:
-    """Join the cluster at `address` / $RAY_ADDRESS, or start a local one (the embedded default)."""
+    """Join the cluster at `address` / $RAY_ADDRESS, or start a local one (the embedded default).
+
+    No runtime_env is passed: credentials and settings come from each node's own environment (Ray logs a
+    runtime_env's contents, so a secret passed that way ends up on disk), and inside a job (`ray job
+    submit`, KubeRay) the job's own runtime_env applies unchanged.
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("TTFT_", "AWS_", "HF_"))}}
+    # Only verbosity settings and the quiet hook travel (ttft.console); never credentials.
+    verbose = {k: v for k, v in os.environ.items() if k == "TTFT_VERBOSE"}
+    opts = {**ray_init_kwargs({"env_vars": verbose}), **kwargs}
     if address:
-        ray.init(address=address, runtime_env=env, **kwargs)
+        ray.init(address=address, **opts)
     else:  # "local": never attach to some other cluster that happens to run on this machine
-        ray.init(address="local", num_cpus=num_cpus, runtime_env=env, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, **opts)
+
+
+def in_ray_job() -> bool:
+    """True when this driver runs as a Ray job (`ray job submit`, KubeRay RayJob)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def alive_nodes() -> int:
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def check_cluster_paths(cfg: RunConfig) -> RunConfig:
+    """Where local paths would silently split across nodes or vanish with a job, resolve them or refuse.
+
+    In a Ray job the working directory is a temporary copy: a relative `out_dir` / `registry.root` is
+    resolved against $TTFT_SUBMIT_DIR (the submitting checkout, set by `make eval-cluster`) when this
+    machine has it (a local head), else refused. On a multi-node cluster a local registry root is refused
+    unless `registry.shared` says every node mounts it at the same path.
+    """
+    import dataclasses
+    from pathlib import Path
+
+    from ttft.config import ConfigError
+    from ttft.objstore import is_s3
+
+    submit_dir = os.environ.get("TTFT_SUBMIT_DIR")
+    fixes: dict[str, str] = {}
+    for key, value in (("out_dir", cfg.out_dir), ("registry.root", cfg.registry.root)):
+        if is_s3(value) or Path(value).is_absolute() or not in_ray_job():
+            continue
+        if submit_dir and Path(submit_dir, "pyproject.toml").is_file():
+            fixes[key] = str(Path(submit_dir, value))
+            continue
+        raise ConfigError(
+            f"{key}: {value!r} is relative to this Ray job's temporary working directory and would be lost "
+            "with it; use s3://bucket/prefix (or an absolute path on a disk that outlives the job)"
+        )
+    if fixes:
+        cfg = dataclasses.replace(
+            cfg,
+            out_dir=fixes.get("out_dir", cfg.out_dir),
+            registry=dataclasses.replace(cfg.registry, root=fixes.get("registry.root", cfg.registry.root)),
+        )
+        print(f"[ttft] local paths of the submitting checkout: {fixes}", file=sys.stderr)
+    nodes = alive_nodes()
+    if nodes > 1 and not is_s3(cfg.registry.root) and not cfg.registry.shared:
+        raise ConfigError(
+            f"registry.root: {cfg.registry.root!r} is a local path but the cluster has {nodes} nodes: each "
+            "would write its own registry. Use s3://bucket/prefix, or set registry.shared=true for a "
+            "filesystem every node mounts at the same path"
+        )
+    return cfg
 
 
 def task_adapters(
-    cfg: RunConfig, tasks: Sequence[Task], registry: AdapterRegistry
-) -> dict[str, Adapter | None]:
-    """Each task's adapter from the registry (downloaded to the local cache), None where missing or failed."""
+    cfg: RunConfig, tasks: Sequence[Task], registry: AdapterRegistry, identity: str
+) -> dict[str, str | None]:
+    """Each task's adapter registry key, None where the registry has no complete adapter for it.
+
+    Only keys are returned: whoever runs the engine fetches the files into its own cache (`fetch_adapters`).
+    """
     if not cfg.ttft.enabled:
         return {t.id: None for t in tasks}
-    identity = model_identity(base_model_path(cfg.model))
     jobs = make_jobs(tasks, identity, cfg.model, cfg.ttft, cfg.orchestrate.group_size)
     ok = registry.exists([j.key for j in jobs])
+    return {tid: (job.key if job.key in ok else None) for job in jobs for tid in job.task_ids}
+
+
+def fetch_adapters(
+    registry: AdapterRegistry, keys: dict[str, str | None]
+) -> tuple[dict[str, Adapter | None], dict[str, str]]:
+    """Download each task's adapter into this process's cache: (adapters, {task_id: why it has none}).
+
+    A key the registry cannot deliver intact (missing, corrupt, store down) leaves its tasks on the base
+    model, with the reason; it never stops the run.
+    """
     adapters: dict[str, Adapter | None] = {}
-    for job in jobs:
-        adapter = Adapter(job.key, str(registry.get(job.key))) if job.key in ok else None
-        for tid in job.task_ids:
-            adapters[tid] = adapter
-    return adapters
+    reasons: dict[str, str] = {}
+    fetched: dict[str, Adapter | str] = {}
+    for tid, key in keys.items():
+        if key is None:
+            adapters[tid] = None
+            continue
+        if key not in fetched:
+            try:
+                fetched[key] = Adapter(key, str(registry.get(key)))
+            except (RegistryError, OSError) as e:
+                fetched[key] = f"adapter {key[:12]} not usable: {_describe(e)}"
+        got = fetched[key]
+        adapters[tid] = got if isinstance(got, Adapter) else None
+        if isinstance(got, str):
+            reasons[tid] = got
+    return adapters, reasons
 
 
-def _predict_local(cfg: RunConfig, tasks: Sequence[Task], adapters: dict[str, Adapter | None]) -> Predictions:
-    """One vLLM engine in this process over all tasks."""
-    from transformers import AutoTokenizer
+@dataclass
+class InferenceShard:
+    """What one engine predicted, and where."""
 
-    from ttft.vllm_engine import VllmEngine
+    predictions: Predictions
+    node: str
+    tasks: list[str]
+    adapter_errors: dict[str, str] = field(default_factory=dict)
 
+
+def predict_here(cfg: RunConfig, tasks: Sequence[Task], keys: dict[str, str | None]) -> InferenceShard:
+    """Fetch the adapters and run one vLLM engine in this process over `tasks`."""
+    from ttft.vllm_engine import VllmEngine, serving_dtype
+
+    adapters, errors = fetch_adapters(open_registry(cfg.registry), keys)
+    for tid, why in sorted(errors.items()):
+        warn(f"task {tid}: {why}; predicted by the base model")
     model_dir = base_model_path(cfg.model)
-    tok = AutoTokenizer.from_pretrained(model_dir)
     inf = cfg.inference
     n_adapters = len({a.key for a in adapters.values() if a})
     engine = VllmEngine(
         model_dir,
         enable_lora=n_adapters > 0,
-        max_lora_rank=max(8, cfg.ttft.lora.rank),
+        max_lora_rank=vllm_max_lora_rank(cfg.ttft.lora.rank),
         max_loras=max(1, min(inf.max_loras, n_adapters)),
         max_cpu_loras=inf.max_cpu_loras or n_adapters + 1,
         max_model_len=inf.max_model_len,
         gpu_memory_utilization=inf.gpu_memory_utilization,
+        dtype=serving_dtype(cfg.model.dtype, inf.dtype),
         seed=inf.seed,
     )
     try:
-        return predict(
+        preds = predict(
             engine,
             tasks,
             adapters,
             inf,
             cfg.ttft.samples.encoder,
-            lambda s: len(tok(s, add_special_tokens=False).input_ids),
+            progress_interval_s=cfg.orchestrate.progress_interval_s,
         )
     finally:
         engine.close()
+    node = this_node() if ray.is_initialized() else "local"
+    return InferenceShard(preds, node, [t.id for t in tasks], errors)
+
+
+def wait_for_gpu_memory(fraction: float, timeout_s: float = 300.0) -> None:
+    """Block until `fraction` of this GPU's memory is free (a killed fine-tune actor may still hold it)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        free, total = torch.cuda.mem_get_info()
+        if free >= fraction * total or time.monotonic() > deadline:
+            return
+        time.sleep(1.0)
 
 
 @ray.remote(num_gpus=1)
 class InferenceWorker:
     """One vLLM engine on one GPU, predicting a shard of the tasks."""
 
-    def predict(self, cfg: RunConfig, tasks: list[Task], adapters: dict[str, Adapter | None]) -> Predictions:
-        return _predict_local(cfg, tasks, adapters)
+    def predict(self, cfg: RunConfig, tasks: list[Task], keys: dict[str, str | None]) -> InferenceShard:
+        from ttft.vllm_engine import CUDA_GPU_MEMORY_UTILIZATION
+
+        check_device(cfg)
+        wait_for_gpu_memory(cfg.inference.gpu_memory_utilization or CUDA_GPU_MEMORY_UTILIZATION)
+        return predict_here(cfg, tasks, keys)
 
 
-def run_inference(cfg: RunConfig, tasks: Sequence[Task], adapters: dict[str, Adapter | None]) -> Predictions:
-    """Predict all tasks: one engine per GPU as Ray actors over task shards, or one local engine on CPU."""
+def inference_engines(cfg: RunConfig) -> int:
+    """vLLM engines for this run: 0 = one engine in the driver (a cluster without GPUs), else one per GPU."""
     gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
-    engines = cfg.inference.engines or gpus
-    if engines <= 1 or gpus == 0:
-        return _predict_local(cfg, tasks, adapters)
-    shards = [list(tasks[i::engines]) for i in range(engines)]
-    workers = [InferenceWorker.remote() for _ in shards]
-    parts = ray.get(
-        [w.predict.remote(cfg, s, {t.id: adapters.get(t.id) for t in s}) for w, s in zip(workers, shards)]
-    )
-    return Predictions(
-        candidates=pa.concat_tables([p.candidates for p in parts]),
-        attempts={k: v for p in parts for k, v in p.attempts.items()},
-        fallback=set().union(*(p.fallback for p in parts)),
-        seconds=max(p.seconds for p in parts),
-        output_tokens=sum(p.output_tokens for p in parts),
-    )
+    if gpus == 0 and cfg.orchestrate.gpus_per_worker == 0 and not cfg.inference.engines:
+        return 0
+    return cfg.inference.engines or max(1, gpus)
+
+
+@dataclass
+class InferenceResult:
+    """All tasks' predictions, merged over shards, with each shard's placement."""
+
+    predictions: Predictions
+    shards: list[InferenceShard]
+
+    @property
+    def adapter_errors(self) -> dict[str, str]:
+        return {k: v for s in self.shards for k, v in s.adapter_errors.items()}
+
+    def node_of(self) -> dict[str, str]:
+        return {tid: s.node for s in self.shards for tid in s.tasks}
+
+
+def run_inference(cfg: RunConfig, tasks: Sequence[Task], keys: dict[str, str | None]) -> InferenceResult:
+    """Predict all tasks: one engine per GPU as Ray actors over task shards, or one engine in the driver
+    when the cluster has no GPUs (and the config asks for none).
+
+    A shard whose engine dies (its node lost) is started again on another GPU, up to
+    `orchestrate.retries` times; each engine is stopped as soon as its shard is done, freeing its GPU.
+    """
+    engines = inference_engines(cfg)
+    if engines == 0:
+        shard = predict_here(cfg, tasks, keys)
+        shard.node = node_labels().get(shard.node, shard.node)
+        return InferenceResult(shard.predictions, [shard])
+    wait_for_free_gpus()
+    shards = [s for s in (list(tasks[i::engines]) for i in range(engines)) if s]
+    request_workers([{"GPU": 1}] * len(shards))
+    pending: dict[Any, tuple[int, Any]] = {}
+    losses: collections.Counter[int] = collections.Counter()
+
+    def start(i: int) -> None:
+        worker = InferenceWorker.remote()
+        ref = worker.predict.remote(cfg, shards[i], {t.id: keys.get(t.id) for t in shards[i]})
+        pending[ref] = (i, worker)
+
+    parts: dict[int, InferenceShard] = {}
+    try:
+        for i in range(len(shards)):
+            start(i)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i, worker = pending.pop(ready[0])
+            try:
+                parts[i] = ray.get(ready[0])
+            except RayActorError as e:  # its node was lost: the shard goes to another engine
+                losses[i] += 1
+                if losses[i] > cfg.orchestrate.retries:
+                    raise
+                warn(f"inference shard {i + 1}/{len(shards)} lost its engine ({_describe(e)}); started again")
+                start(i)
+            finally:
+                ray.kill(worker, no_restart=True)
+    finally:
+        for _, worker in pending.values():
+            ray.kill(worker, no_restart=True)
+        request_workers([])
+    labels = node_labels()
+    ordered = [parts[i] for i in range(len(shards))]
+    for part in ordered:
+        part.node = labels.get(part.node, part.node)
+    return InferenceResult(merge_predictions([p.predictions for p in ordered]), ordered)

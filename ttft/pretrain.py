@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -49,7 +50,14 @@ from ttft.config import (
     apply_overrides,
     config_from_dict,
 )
-from ttft.finetune import collate, encode_sample, lr_lambda, peft_lora_config, train_step
+from ttft.finetune import (
+    collate,
+    enable_gradient_checkpointing,
+    encode_sample,
+    lr_lambda,
+    peft_lora_config,
+    train_step,
+)
 from ttft.formats import build_prompt, build_target, get_encoder
 from ttft.generate import FAMILIES, MAX_INPUT_SIDE, MIN_SIDE, SPLITS, generate_tasks, generated_task
 from ttft.samples import Sample, train_samples
@@ -372,6 +380,8 @@ def build_model(cfg: RunConfig, pcfg: PretrainConfig, model_path: str, device: A
     else:
         for p in model.parameters():
             p.requires_grad_(True)
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model.train()
     return model, tokenizer
 
@@ -442,10 +452,21 @@ def load_checkpoint(
     fp: dict[str, Any],
     device: Any = "cpu",
 ) -> TrainState:
-    """Restore what `save_checkpoint` wrote; refuses a checkpoint of another model / data / recipe."""
+    """Restore what `save_checkpoint` wrote; refuses a checkpoint of another model / data / recipe.
+
+    Loaded with `weights_only=True`: tensors, containers and numbers only, so a checkpoint from a writable
+    bucket cannot run code here (a pickle with anything else is refused with a one-line ValueError).
+    """
     path = Path(directory) / STATE_FILE
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = " ".join(str(e).split())[:300]
+        raise ValueError(f"{path}: refused: not a plain tensors-and-numbers checkpoint ({reason})") from None
+    except (RuntimeError, EOFError) as e:  # truncated or not a torch checkpoint at all
+        raise ValueError(f"{path}: unreadable checkpoint: {' '.join(str(e).split())[:300]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        ckpt = ckpt if isinstance(ckpt, dict) else {}
         raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT}")
     diff = sorted(
         k for k in fp.keys() | ckpt["fingerprint"].keys() if fp.get(k) != ckpt["fingerprint"].get(k)

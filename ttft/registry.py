@@ -16,7 +16,14 @@ file is written; `gc` removes adapter files that no row references (a writer kil
 
 An adapter's sha256 is the sha256 of the canonical JSON of its manifest's file list (sorted relative paths
 with size and per-file sha256): independent of where and when it was stored. `get` verifies every file.
+`exists` (what resume asks) means present and intact: the manifest matches the row's checksum and every
+stored file has its manifest size (one listing and one manifest read per key, in parallel).
 Task ids are data only: paths are built from validated hex keys and registry-made put ids.
+
+Damage never stops a reader: a row file that does not parse or has the wrong schema is skipped with a
+warning (`doctor` lists it and moves it to `quarantine/`). Put ids start with their creation time
+(UUIDv7 layout); a put that would commit later than `put_deadline_s` after it started aborts, and `gc`
+never deletes a put folder younger than `gc_floor_s` (> the deadline), whatever `min_age_s` says.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +52,19 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from ttft import __version__, objstore
+from ttft.safetext import terminal
 
 KEY_RE = re.compile(r"^[0-9a-f]{16,64}$")
 PUT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # test hook: seconds `put` sleeps after the adapter files are stored and before its row is written
 PAUSE_ENV = "TTFT_REGISTRY_PAUSE_BEFORE_COMMIT_S"
+# a put that would commit its row later than this after it started aborts (its files are left to gc) ...
+PUT_DEADLINE_S = 3000.0
+# ... so gc, which never deletes a put folder younger than this floor, cannot race a live put
+# (the 10 minutes between the two absorb clock skew between hosts)
+GC_FLOOR_S = 3600.0
+QUARANTINE = "quarantine"
+VERIFY_THREADS = 16
 
 SCHEMA = pa.schema(
     [
@@ -94,6 +110,10 @@ class RegistryError(RuntimeError):
 
 class IntegrityError(RegistryError):
     """Stored adapter bytes do not match their recorded checksum or size."""
+
+
+class RegistryWarning(UserWarning):
+    """Damage a reader skipped (an unreadable row file, an adapter that is not intact)."""
 
 
 class AdapterNotFound(RegistryError, KeyError):
@@ -146,6 +166,21 @@ def manifest_sha256(files: Sequence[dict]) -> str:
         key=lambda f: f["path"],
     )
     return hashlib.sha256(canonical_json(entries).encode()).hexdigest()
+
+
+def new_put_id(now_s: float | None = None) -> str:
+    """A fresh put id: 32 hex digits in the UUIDv7 layout (48-bit Unix milliseconds first, then random)."""
+    ms = int((time.time() if now_s is None else now_s) * 1000) & ((1 << 48) - 1)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 68) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return f"{value:032x}"
+
+
+def put_id_time(put_id: str) -> float | None:
+    """Creation time (Unix seconds) of a put id made by `new_put_id`; None for an older random (v4) id."""
+    if not PUT_ID_RE.match(put_id or "") or put_id[12] != "7":
+        return None
+    return int(put_id[:12], 16) / 1000
 
 
 def check_key(key: str) -> str:
@@ -215,6 +250,7 @@ class AdapterRegistry:
     Reading thousands of one-row files is slow on a cold start (about 1 ms each locally, more on S3), so
     once a read finds `auto_compact` or more uncompacted row files it compacts them (None: never; a
     failure, e.g. read-only credentials, only turns auto-compaction off for this object, with a warning).
+    `put_deadline_s` / `gc_floor_s`: see the module docstring (tests lower the floor; nothing else should).
     """
 
     def __init__(
@@ -226,6 +262,8 @@ class AdapterRegistry:
         s3_secret_key: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         auto_compact: int | None = 256,
+        put_deadline_s: float = PUT_DEADLINE_S,
+        gc_floor_s: float = GC_FLOOR_S,
     ):
         self.fs, self.base = objstore.filesystem_from_uri(
             root, endpoint=s3_endpoint, access_key=s3_access_key, secret_key=s3_secret_key
@@ -240,6 +278,9 @@ class AdapterRegistry:
         self.auto_compact = auto_compact
         self._compacting = False
         self._lock = threading.RLock()  # one object may be shared by threads
+        self._bad: dict[str, str] = {}  # meta files skipped as unreadable / wrong schema -> reason
+        self.put_deadline_s = put_deadline_s
+        self.gc_floor_s = gc_floor_s
 
     def __repr__(self) -> str:
         return f"AdapterRegistry({self.uri!r})"
@@ -271,7 +312,8 @@ class AdapterRegistry:
         rels = objstore.local_files(adapter_dir)
         if not rels:
             raise ValueError(f"adapter {key}: no files in {adapter_dir}")
-        put_id = uuid.uuid4().hex
+        started = time.time()
+        put_id = new_put_id(started)
         prefix = self._adapter_dir(key, put_id)
         files = []
         try:
@@ -281,16 +323,23 @@ class AdapterRegistry:
             digest = manifest_sha256(files)
             manifest = {"format": 1, "key": key, "put_id": put_id, "sha256": digest, "files": files}
             objstore.write_bytes(self.fs, f"{prefix}/manifest.json", canonical_json(manifest).encode())
+            pause = float(os.environ.get(PAUSE_ENV) or 0)
+            if pause > 0:
+                time.sleep(pause)
+            # right before the commit: nothing was deleted meanwhile
             self._verify_stored_sizes(key, prefix, files)
+            elapsed = time.time() - started
+            if elapsed > self.put_deadline_s:
+                raise RegistryError(
+                    f"adapter {key}: put took {elapsed:.0f} s, more than the {self.put_deadline_s:g} s "
+                    f"deadline after which gc may collect its files; not committed (retry the put)"
+                )
         except BaseException:
             try:  # best effort; gc() collects what is left
                 self.fs.delete_dir(prefix)
             except Exception:
                 pass
             raise
-        pause = float(os.environ.get(PAUSE_ENV) or 0)
-        if pause > 0:
-            time.sleep(pause)
         fields.update(
             key=key,
             status="ok",
@@ -308,13 +357,15 @@ class AdapterRegistry:
         fields.update(
             key=key, status="failed", error=str(error), adapter_uri=None, size_bytes=None, sha256=None
         )
-        self._commit(fields, uuid.uuid4().hex)
+        self._commit(fields, new_put_id())
 
     def _verify_stored_sizes(self, key: str, prefix: str, files: list[dict]) -> None:
-        stored = {
-            i.path[len(prefix) + len("/files/") :]: i.size
-            for i in objstore.list_files(self.fs, f"{prefix}/files")
-        }
+        listed = {i.path[len(prefix) + 1 :]: i.size for i in objstore.list_files(self.fs, prefix)}
+        if "manifest.json" not in listed:
+            raise IntegrityError(
+                f"adapter {key}: manifest vanished before the commit ({self._uri('adapters', key)})"
+            )
+        stored = {rel[len("files/") :]: size for rel, size in listed.items() if rel.startswith("files/")}
         for f in files:
             if stored.get(f["path"]) != f["size"]:
                 raise IntegrityError(
@@ -354,9 +405,8 @@ class AdapterRegistry:
             and not i.base_name.startswith((".", "_"))
         }
 
-    def _read_meta_files(self, infos: list[pafs.FileInfo]) -> pa.Table:
-        if not infos:
-            return self._empty_raw()
+    def _scan_meta_files(self, infos: list[pafs.FileInfo]) -> pa.Table:
+        """All rows of these files in one threaded scan (raises if any file does not parse)."""
         fmt = ds.ParquetFileFormat()
         frags = [fmt.make_fragment(i.path, self.fs, file_size=i.size) for i in infos]
         dataset = ds.FileSystemDataset(frags, schema=SCHEMA, format=fmt, filesystem=self.fs)
@@ -370,19 +420,61 @@ class AdapterRegistry:
                 )
         return pa.concat_tables(parts) if parts else self._empty_raw()
 
-    def _bad_meta_file(self, infos: list[pafs.FileInfo]) -> str | None:
-        """After a failed bulk read: the first listed file that still exists but does not parse."""
-        for info in infos:
-            try:
-                with self.fs.open_input_file(info.path) as f:
-                    pq.read_table(f)
-            except FileNotFoundError:
-                continue
-            except (pa.ArrowException, OSError) as e:
-                if self.fs.get_file_info(info.path).type == pafs.FileType.NotFound:
-                    continue
-                return f"{info.path}: {e}"
-        return None
+    def _read_meta_file(self, info: pafs.FileInfo) -> pa.Table | str | None:
+        """One file's rows; a reason (str) if it does not parse or lacks a column; None if it is gone.
+
+        Storage errors (an outage) raise: only bytes that were read and do not make a row file are bad."""
+        try:
+            data = objstore.read_bytes(self.fs, info.path)
+        except FileNotFoundError:
+            return None
+        try:
+            t = pq.read_table(pa.BufferReader(data))
+            missing = [n for n in SCHEMA.names if n not in t.column_names]
+            if missing:
+                return f"not a registry row file: missing column(s) {missing[:4]}"
+            t = t.select(SCHEMA.names).cast(SCHEMA)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as e:
+            return f"unreadable: {' '.join(str(e).split())[:300]}"
+        return t.append_column("_file", pa.array([info.path] * t.num_rows, pa.string()))
+
+    @staticmethod
+    def _invalid_rows(table: pa.Table) -> np.ndarray:
+        """Mask of rows a registry never writes: bad key / put_id / status, or no created_at."""
+        if table.num_rows == 0:
+            return np.zeros(0, dtype=bool)
+        key_ok = pc.fill_null(pc.match_substring_regex(table["key"], KEY_RE.pattern), False)
+        put_ok = pc.fill_null(pc.match_substring_regex(table["put_id"], PUT_ID_RE.pattern), False)
+        status_ok = pc.fill_null(pc.is_in(table["status"], pa.array(STATUSES, pa.string())), False)
+        ok = pc.and_(pc.and_(key_ok, put_ok), pc.and_(status_ok, pc.is_valid(table["created_at"])))
+        return ~ok.to_numpy(zero_copy_only=False)
+
+    def _read_meta_files(self, infos: list[pafs.FileInfo]) -> tuple[pa.Table, dict[str, str], set[str]]:
+        """(rows, bad files -> reason, files gone meanwhile) of these meta files."""
+        if not infos:
+            return self._empty_raw(), {}, set()
+        bad: dict[str, str] = {}
+        gone: set[str] = set()
+        try:
+            table = self._scan_meta_files(infos)
+        except (OSError, pa.ArrowException):  # find the culprits file by file (or relist: a compaction)
+            parts = []
+            for info in infos:
+                t = self._read_meta_file(info)
+                if t is None:
+                    gone.add(info.path)
+                elif isinstance(t, str):
+                    bad[info.path] = t
+                else:
+                    parts.append(t)
+            table = pa.concat_tables(parts) if parts else self._empty_raw()
+        invalid = self._invalid_rows(table)
+        if invalid.any():
+            for path in set(table["_file"].filter(pa.array(invalid)).to_pylist()):
+                bad[path] = "has rows a registry never writes (invalid key, put_id, status or created_at)"
+            keep = pc.invert(pc.is_in(table["_file"], pa.array(sorted(bad), pa.string())))
+            table = table.filter(keep)
+        return table, bad, gone
 
     def refresh(self) -> None:
         """Bring the in-memory rows up to date with the meta folder (reads only files not seen before)."""
@@ -390,32 +482,45 @@ class AdapterRegistry:
             self._refresh()
 
     def _refresh(self) -> None:
-        last: Exception | None = None
         for attempt in range(6):
             listed = self._list_meta()
-            added = [info for path, info in sorted(listed.items()) if path not in self._known]
-            gone = self._known - set(listed)
-            try:
-                new = self._read_meta_files(added)
-            except (OSError, pa.ArrowException) as e:  # a compaction may have deleted a listed file: relist
-                last = e
-                bad = self._bad_meta_file(added)
-                if bad is not None:
-                    raise RegistryError(f"registry {self.uri}: unreadable metadata file {bad}") from e
-                time.sleep(0.05 * (attempt + 1))
-                continue
-            if gone:
-                keep = pc.invert(pc.is_in(self._raw["_file"], pa.array(sorted(gone), pa.string())))
-                self._raw = self._raw.filter(keep)
-                self._known -= gone
-            if added:
-                self._raw = pa.concat_tables([self._raw, new])
-                self._known |= {i.path for i in added}
-            if gone or added or self._view is None:
-                self._view = dedup(self._raw).drop_columns(["_file"])
-            self._maybe_compact()
-            return
-        raise RegistryError(f"registry {self.uri}: could not read metadata: {last}") from last
+            added = [i for p, i in sorted(listed.items()) if p not in self._known and p not in self._bad]
+            new, bad, vanished = self._read_meta_files(added)
+            if not vanished:
+                break
+            time.sleep(0.05 * (attempt + 1))  # a compaction deleted listed files: its merged file is new
+        else:
+            raise RegistryError(
+                f"registry {self.uri}: metadata files keep vanishing while read: {sorted(vanished)}"
+            )
+        gone = self._known - set(listed)
+        for path in set(self._bad) - set(listed):  # quarantined or deleted
+            del self._bad[path]
+        for path, reason in sorted(bad.items()):
+            warnings.warn(
+                f"registry {terminal(self.uri)}: skipping metadata file {terminal(path)}: {terminal(reason)} "
+                f"(`ttft registry doctor --quarantine` moves it aside)",
+                RegistryWarning,
+                stacklevel=4,
+            )
+        self._bad.update(bad)
+        added = [i for i in added if i.path not in bad]
+        if gone:
+            keep = pc.invert(pc.is_in(self._raw["_file"], pa.array(sorted(gone), pa.string())))
+            self._raw = self._raw.filter(keep)
+            self._known -= gone
+        if added:
+            self._raw = pa.concat_tables([self._raw, new])
+            self._known |= {i.path for i in added}
+        if gone or added or self._view is None:
+            self._view = dedup(self._raw).drop_columns(["_file"])
+        self._maybe_compact()
+
+    def bad_meta_files(self) -> dict[str, str]:
+        """Metadata files skipped as unreadable or of the wrong schema -> reason (after a refresh)."""
+        with self._lock:
+            self._refresh()
+            return dict(self._bad)
 
     def _maybe_compact(self) -> None:
         if self.auto_compact is None or self._compacting:
@@ -444,14 +549,75 @@ class AdapterRegistry:
     def __len__(self) -> int:
         return self.rows().num_rows
 
-    def exists(self, keys: Iterable[str], *, status: str | None = "ok") -> set[str]:
-        """The subset of keys that have a row with the given status ("ok" by default; None: any status)."""
+    def exists(self, keys: Iterable[str], *, status: str | None = "ok", verify: bool = True) -> set[str]:
+        """The subset of keys that have a row with the given status ("ok" by default; None: any status).
+
+        With status "ok" and verify=True (the default: what resume asks), a key counts only if its adapter
+        is intact in the store (see `damaged`); a damaged one is left out with a RegistryWarning, so it is
+        trained again. verify=False answers from the metadata rows alone.
+        """
         wanted = pa.array(sorted(set(keys)), pa.string())
         table = self.rows()
         mask = pc.is_in(table["key"], wanted)
         if status is not None:
             mask = pc.and_(mask, pc.equal(table["status"], status))
-        return set(table.filter(mask)["key"].to_pylist())
+        found = set(table.filter(mask)["key"].to_pylist())
+        if verify and status == "ok" and found:
+            for key, reason in sorted(self.damaged(found).items()):
+                warnings.warn(
+                    f"registry {terminal(self.uri)}: adapter {key} is not intact ({terminal(reason)}): "
+                    f"treated as missing",
+                    RegistryWarning,
+                    stacklevel=2,
+                )
+                found.discard(key)
+        return found
+
+    def damaged(self, keys: Iterable[str]) -> dict[str, str]:
+        """Keys (of those with an ok row) whose stored adapter is not intact -> the reason.
+
+        Cheap: per key one listing of its put folder (sizes) and one read of its manifest, in parallel; the
+        manifest must match the row's sha256 and size_bytes, and every file its manifest size. (`get` checks
+        every byte.) Storage errors other than a missing object raise.
+        """
+        rows = self.query(key=sorted(set(keys)), status="ok").to_pylist()
+        if not rows:
+            return {}
+        with ThreadPoolExecutor(min(VERIFY_THREADS, len(rows))) as pool:
+            problems = list(pool.map(self._damage, rows))
+        return {r["key"]: p for r, p in zip(rows, problems, strict=True) if p is not None}
+
+    def _damage(self, row: dict) -> str | None:
+        key = row["key"]
+        try:
+            prefix = self._adapter_dir(key, row["put_id"])
+        except RegistryError as e:
+            return str(e)
+        listed = {i.path[len(prefix) + 1 :]: i.size for i in objstore.list_files(self.fs, prefix)}
+        if not listed:
+            return f"no files at {self._uri('adapters', key, row['put_id'])}"
+        if "manifest.json" not in listed:
+            return "manifest.json missing"
+        try:
+            manifest = json.loads(objstore.read_bytes(self.fs, f"{prefix}/manifest.json"))
+            files = manifest["files"]
+            digest = manifest_sha256(files)
+            sizes = {f["path"]: f["size"] for f in files}
+        except FileNotFoundError:
+            return "manifest.json missing"
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            return f"manifest.json unreadable ({type(e).__name__})"
+        if digest != row["sha256"]:
+            return "manifest checksum does not match its row"
+        if row["size_bytes"] is not None and sum(sizes.values()) != row["size_bytes"]:
+            return f"manifest lists {sum(sizes.values())} bytes, the row {row['size_bytes']}"
+        for rel, size in sorted(sizes.items()):
+            stored = listed.get(f"files/{rel}")
+            if stored is None:
+                return f"file {rel} missing"
+            if stored != size:
+                return f"file {rel} has {stored} bytes, expected {size} (truncated or replaced)"
+        return None
 
     def query(self, **filters: str | Sequence[str] | None) -> pa.Table:
         """Rows (one per key) matching every filter: key, run, task_id (in task_ids), base_model,
@@ -489,9 +655,21 @@ class AdapterRegistry:
         """A local directory with the verified files of key's adapter (downloaded into cache_dir if needed).
 
         A cached copy is re-hashed; if it does not match (corrupted, partial, other registry) it is
-        downloaded again. Raises AdapterNotFound, or IntegrityError if the stored files do not match.
+        downloaded again. Every failure raises a RegistryError with a one-line reason: AdapterNotFound (no
+        ok row), IntegrityError (stored files missing or not matching), or RegistryError itself (storage
+        error while reading). Callers fall back (retrain, base model) on RegistryError.
         """
         check_key(key)
+        try:
+            return self._get(key)
+        except RegistryError:
+            raise
+        except (OSError, pa.ArrowException) as e:
+            raise RegistryError(
+                f"adapter {key}: cannot fetch from {self.uri}: {' '.join(str(e).split())[:300]}"
+            ) from e
+
+    def _get(self, key: str) -> Path:
         row = self.row(key)
         if row is None or row["status"] != "ok":
             state = "no row" if row is None else f"status {row['status']!r}"
@@ -503,12 +681,18 @@ class AdapterRegistry:
         prefix = self._adapter_dir(key, row["put_id"])
         try:
             manifest = json.loads(objstore.read_bytes(self.fs, f"{prefix}/manifest.json"))
+            files = manifest.get("files") or []
+            digest = manifest_sha256(files)
         except FileNotFoundError as e:
             raise IntegrityError(
                 f"adapter {key}: manifest missing at {self._uri('adapters', key, row['put_id'])}"
             ) from e
-        files = manifest.get("files") or []
-        if manifest_sha256(files) != row["sha256"]:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise IntegrityError(
+                f"adapter {key}: manifest unreadable at {self._uri('adapters', key, row['put_id'])} "
+                f"({type(e).__name__})"
+            ) from e
+        if digest != row["sha256"]:
             raise IntegrityError(
                 f"adapter {key}: manifest checksum does not match its row ({row['adapter_uri']})"
             )
@@ -597,10 +781,14 @@ class AdapterRegistry:
     def gc(self, min_age_s: float = 3600) -> int:
         """Delete stored adapters that no row references and whose newest file is older than min_age_s.
 
-        The grace period keeps in-flight puts (files stored, row not yet written). Local stale temp files
-        go too. Returns the number of adapters (put folders) removed.
+        Never younger than `gc_floor_s` (by the put's start time, else its files' times), whatever
+        min_age_s says: a put in flight commits within `put_deadline_s` < the floor or not at all. Put
+        folders named by a skipped (unreadable) row file are kept; while a compacted row file is unreadable
+        nothing is deleted. Local stale temp files go too. Returns the number of put folders removed.
         """
+        now = time.time()
         cutoff_ns = time.time_ns() - int(min_age_s * 1e9)
+        floor_cutoff_s = now - max(min_age_s, self.gc_floor_s)
         newest: dict[tuple[str, str], int] = {}
         prefix = self._path("adapters") + "/"
         for info in objstore.list_files(self.fs, self._path("adapters")):  # list before reading the rows
@@ -609,9 +797,24 @@ class AdapterRegistry:
                 newest[(parts[0], parts[1])] = max(newest.get((parts[0], parts[1]), 0), info.mtime_ns or 0)
         raw = self.raw_rows()
         referenced = set(zip(raw["key"].to_pylist(), raw["put_id"].to_pylist(), strict=True))
+        for path in self._bad:  # rows we cannot read may still reference their adapter
+            name = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+            key, _, put_id = name.rpartition("-")
+            if KEY_RE.match(key) and PUT_ID_RE.match(put_id):
+                referenced.add((key, put_id))
+            else:
+                warnings.warn(
+                    f"registry {terminal(self.uri)}: gc deletes nothing while {terminal(path)} is unreadable "
+                    f"(run `ttft registry doctor --quarantine` first)",
+                    RegistryWarning,
+                    stacklevel=2,
+                )
+                return 0
         removed = 0
         for (key, put_id), mtime_ns in sorted(newest.items()):
-            if (key, put_id) in referenced or mtime_ns > cutoff_ns:
+            started = put_id_time(put_id)
+            young = mtime_ns / 1e9 > floor_cutoff_s if started is None else started > floor_cutoff_s
+            if (key, put_id) in referenced or mtime_ns > cutoff_ns or young:
                 continue
             self.fs.delete_dir(self._adapter_dir(key, put_id))
             removed += 1
@@ -626,6 +829,29 @@ class AdapterRegistry:
                     self.fs.delete_file(info.path)
         return removed
 
+    def doctor(self, *, quarantine: bool = False, verify: bool = True) -> dict:
+        """Check the registry: skipped (unreadable, wrong-schema) row files; with verify, damaged adapters.
+
+        quarantine=True moves each skipped row file to `quarantine/meta/` beside `meta/` (out of every read;
+        gc then no longer protects what it named). Damaged adapters need no action: `exists` already
+        treats them as missing, so the next run trains them again. Returns
+        {"bad_meta_files": {path: reason}, "quarantined": [new paths], "damaged": {key: reason}}.
+        """
+        with self._lock:
+            bad = self.bad_meta_files()
+            moved = []
+            if quarantine and bad:
+                dest_dir = self._path(QUARANTINE, "meta")
+                if objstore.is_local(self.fs):
+                    self.fs.create_dir(dest_dir, recursive=True)
+                for path in sorted(bad):
+                    dest = f"{dest_dir}/{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{path.rsplit('/', 1)[-1]}"
+                    self.fs.move(path, dest)
+                    moved.append(dest)
+                self._refresh()
+            damaged = self.damaged(self.query(status="ok")["key"].to_pylist()) if verify else {}
+        return {"bad_meta_files": bad, "quarantined": moved, "damaged": damaged}
+
     def describe(self) -> dict:
         """Summary for `ttft registry show`: root, counts by status and run, meta files, total size."""
         table = self.rows()
@@ -639,6 +865,7 @@ class AdapterRegistry:
             "ok": statuses.count("ok"),
             "failed": statuses.count("failed"),
             "meta_files": len(self._known),
+            "bad_meta_files": len(self._bad),
             "raw_rows": self._raw.num_rows,
             "size_bytes": int(pc.sum(table["size_bytes"]).as_py() or 0),
             "runs": dict(sorted(runs.items())),

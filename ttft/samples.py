@@ -3,14 +3,18 @@
 A split holds out one train pair (n-1) or one pair plus one dropped example (n-2) as the target;
 the remaining pairs are the in-context examples. Test outputs are never used here, except by
 `val_samples`, which builds the seed's "val loss" samples (test output as target) for scoring only.
+`prompt_token_ids` / `encode_prompt_target` are THE tokenization of prompts and targets: training
+(`finetune.encode_sample`) and inference (token-id prompts to vLLM) both go through them.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ttft.augment import Augmentation, sample_augmentations
 from ttft.config import AugmentConfig, SamplesConfig
@@ -27,6 +31,35 @@ class Sample:
     target: str
     aug_key: str
     n_examples: int
+
+
+@functools.lru_cache(maxsize=8)
+def special_prefix(tokenizer: Any) -> tuple[int, ...]:
+    """The special tokens a tokenizer puts before any text (BOS for Llama/Mistral-style; none for Qwen)."""
+    plain = tokenizer("0", add_special_tokens=False).input_ids
+    full = tokenizer("0", add_special_tokens=True).input_ids
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return tuple(full[:i])
+    return ()
+
+
+def prompt_token_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a prompt: the tokenizer's leading special tokens (BOS if it adds one), then the text.
+
+    The same ids in training and at inference (sent to vLLM as token ids, never re-tokenized there).
+    """
+    return [*special_prefix(tokenizer), *tokenizer(prompt, add_special_tokens=False).input_ids]
+
+
+def encode_prompt_target(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids and labels of prompt + target + EOS: prompt tokens masked (-100), target and EOS learned.
+
+    Prompt and target are tokenized separately, exactly as inference sees them (prompt in, target out).
+    """
+    p = prompt_token_ids(tokenizer, prompt)
+    t = tokenizer(target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return p + t, [-100] * len(p) + t
 
 
 @dataclass(frozen=True)

