@@ -11,7 +11,7 @@ CONFIG ?= jobs/configs/smoke.yaml
 RAY_ADDRESS ?= http://127.0.0.1:8265
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu test test-fast eval eval-cluster bench canary lint format ray-head ray-stop clean
+.PHONY: install install-gpu test test-fast eval eval-cluster bench bench-scale canary lint format ray-head ray-stop clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ eval-cluster: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# The scheduler at 10,000 fine-tunes on 256 slots (simulated) and real Ray dispatch on 64 fake GPUs.
+bench-scale: install
+	$(BIN)/python -m bench.scale
 
 canary: install
 	$(BIN)/python -m jobs.canary
