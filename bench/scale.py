@@ -14,7 +14,7 @@
    metrics row at once) fed 10,000 jobs through the production pool loop (`ttft.orchestrate.run_pool`):
    jobs/s and the driver's CPU time per job.
 
-Writes bench/results/scale.json, scale_utilisation.png and scale.md (summary.md's section).
+Writes bench/results/scale.json, scale_utilisation.png, scale.md, and that section into summary.md.
 `make bench-scale`; `python -m bench.scale --help`.
 """
 
@@ -457,8 +457,23 @@ def run(
         png = plot({"size-aware": sims["size"], "FIFO": sims["fifo"]}, out.with_name("scale_utilisation.png"))
         result["plot"] = png.name if png else None
         write_json(out, result)
-        out.with_name("scale.md").write_text(markdown(result))
+        md = markdown(result)
+        out.with_name("scale.md").write_text(md)
+        update_summary(out.with_name("summary.md"), md)
     return result
+
+
+def update_summary(path: Path, section: str) -> None:
+    """Put `section` (a `## ` heading and its text) into summary.md, replacing its previous version."""
+    text = path.read_text() if path.exists() else "# ttft benchmarks\n"
+    heading = section.splitlines()[0]
+    start = text.find(heading)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
+    path.write_text(text if text.endswith("\n") else text + "\n")
 
 
 def _line(label: str, r: dict[str, Any]) -> str:

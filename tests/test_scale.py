@@ -166,6 +166,12 @@ def test_bench_scale_writes_its_results_without_ray(tmp_path):
     assert data["budget_runs"][0]["late_jobs"] == 0
     md = (tmp_path / "scale.md").read_text()
     assert md.startswith("## Scale") and "size-aware" in md
+    assert (tmp_path / "summary.md").read_text() == "# ttft benchmarks\n\n" + md
+    scale.update_summary(tmp_path / "summary.md", md.replace("size-aware", "LPT"))  # replaced, not added
+    assert (tmp_path / "summary.md").read_text().count("## Scale") == 1
+    (tmp_path / "summary.md").write_text("# t\n\n" + md + "\n## Later\nkept\n")
+    scale.update_summary(tmp_path / "summary.md", md)
+    assert (tmp_path / "summary.md").read_text() == "# t\n\n" + md + "\n## Later\nkept\n"
     if data["plot"]:
         assert (tmp_path / data["plot"]).stat().st_size > 1000
 
