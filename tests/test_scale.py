@@ -178,7 +178,7 @@ def test_bench_scale_writes_its_results_without_ray(tmp_path):
 
 @pytest.mark.slow  # ~20 s on an idle 2-core box; minutes when it is loaded (actor processes start slowly)
 def test_production_pool_dispatches_200_jobs_on_16_fake_gpus(tmp_path):
-    """run_pool (the loop run_finetunes uses) on NullWorker actors: every job trained once, <= 1 per GPU."""
+    """run_pool (the loop run_finetunes uses) on NullWorker actors: every job trained once."""
     import ray
 
     from ttft.orchestrate import init_ray, job_costs, null_workers, open_registry, run_pool
@@ -186,12 +186,13 @@ def test_production_pool_dispatches_200_jobs_on_16_fake_gpus(tmp_path):
 
     cfg = load_config(
         scale.DEFAULT_CONFIG,
-        {"orchestrate.gpus_per_worker": 1, "registry.root": str(tmp_path / "reg"), "orchestrate.workers": 16},
+        {"orchestrate.gpus_per_worker": 4, "registry.root": str(tmp_path / "reg")},
     )
     jobs, _ = scale.replicate(scale.task_costs(cfg, limit=20), 200)
     costs = job_costs(cfg, jobs, set())
     assert set(costs) == {j.key for j in jobs}
-    sched = Scheduler(jobs, retries=0, target_workers=16, costs=costs, order=cfg.orchestrate.order)
+    # 4 actors (each imports torch to unpickle FinetuneJob: ~380 MB), a slot per 4 GPUs
+    sched = Scheduler(jobs, retries=0, target_workers=4, costs=costs, order=cfg.orchestrate.order)
     assert ray.is_initialized() is False
     init_ray(num_cpus=1, num_gpus=16, include_dashboard=False, log_to_driver=False)
     try:
@@ -210,5 +211,5 @@ def test_production_pool_dispatches_200_jobs_on_16_fake_gpus(tmp_path):
     finally:
         ray.shutdown()
     assert len(done) == 200 and len({o.key for o in done}) == 200 and sched.counts() == (200, 0)
-    assert 1 <= summary.workers <= 16 and sched.finished and not sched.busy
+    assert 1 <= summary.workers <= 4 and sched.finished and not sched.busy
     assert wall < 120
