@@ -436,7 +436,9 @@ class Scheduler:
                 steps, max_s = self.planner.plan_cost(
                     cost,
                     queued_tokens=self.queued_tokens,
-                    workers=self.live_workers,  # the pool being built: workers start one by one
+                    # before a measurement, the pool being built (workers start one by one); then the pool
+                    # that runs (workers the autoscaler has not delivered do not count)
+                    workers=self.ready_workers if self.planner.per_token else self.live_workers,
                     queued=len(self.queue) + 1,
                     busy_s=self._busy_seconds(now),
                     now=now,
