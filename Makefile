@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # (all third-party logging)
 ARGS ?=
 
-.PHONY: install install-gpu test test-fast eval eval-cluster bench bench-memory canary lint format ray-head ray-stop clean
+.PHONY: install install-gpu test test-fast eval eval-cluster bench bench-memory bench-scale canary lint format ray-head ray-stop clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: install
 
 bench-memory: install
 	$(BIN)/python -m bench.memory
+
+# The scheduler at 10,000 fine-tunes on 256 slots (simulated) and real Ray dispatch on 64 fake GPUs.
+bench-scale: install
+	$(BIN)/python -m bench.scale
 
 canary: install
 	$(BIN)/python -m jobs.canary

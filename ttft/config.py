@@ -139,6 +139,7 @@ class OrchestrateConfig:
     inference_share: float = 0.2  # share of the budget reserved for inference
     min_steps: int = 4  # budget reductions never go below this
     progress_interval_s: float = 10.0
+    order: str = "size"  # size: largest predicted fine-tune first (bench/scale.py) | fifo: the tasks' order
 
 
 @dataclass
@@ -233,6 +234,8 @@ def parse_duration(text: str | int | float) -> float:
     return h * 3600 + mi * 60 + s
 
 
+ORDERS = ("size", "fifo")  # orchestrate.order: largest predicted fine-tune first | the tasks' order
+
 _CHOICES = {
     "ttft.samples.mode": {"n-1", "n-2", "all"},
     "ttft.samples.encoder": {"minimal", "shape"},
@@ -240,6 +243,7 @@ _CHOICES = {
     "model.dtype": {"float32", "bfloat16", "float16"},
     "model.device": {"auto", "cpu", "cuda"},
     "inference.dtype": {None, "auto", "float32", "bfloat16", "float16"},
+    "orchestrate.order": set(ORDERS),
     "tracking.backend": {None, "wandb", "mlflow"},
 }
 

@@ -32,7 +32,15 @@ from ttft.finetune import FinetuneJob, Finetuner, make_jobs
 from ttft.inference import Adapter, Predictions, merge_predictions, predict
 from ttft.model import base_model_path, model_identity
 from ttft.registry import AdapterRegistry, RegistryError
-from ttft.scheduler import BudgetPlanner, FinetuneSummary, JobOutcome, Scheduler, pool_target
+from ttft.scheduler import (
+    BudgetPlanner,
+    FinetuneSummary,
+    JobCost,
+    JobOutcome,
+    Scheduler,
+    job_cost,
+    pool_target,
+)
 from ttft.tasks import Task
 
 WORKER_NAMESPACE = "ttft"
@@ -251,6 +259,8 @@ def run_finetunes(
         target_workers=target,
         planner=BudgetPlanner(deadline, orc.min_steps),
         planned_steps=None if cfg.ttft.optim.epochs is not None else cfg.ttft.optim.steps,
+        costs=job_costs(cfg, jobs, existing),
+        order=orc.order,
     )
     print(
         f"[ttft] {len(jobs)} fine-tune jobs: {len(existing)} found in the registry, {sched.to_train} to train"
@@ -262,6 +272,44 @@ def run_finetunes(
         summary.outcomes = sched.summary_outcomes()
         return summary
     threads = orc.torch_threads or max(1, int(orc.cpus_per_worker))
+
+    def start_worker(wid: int) -> Any:
+        return FinetuneWorker.options(
+            name=f"worker-{cfg.name}-{wid}-{os.getpid()}",
+            namespace=WORKER_NAMESPACE,
+            num_cpus=orc.cpus_per_worker,
+            num_gpus=orc.gpus_per_worker,
+            max_concurrency=1,
+        ).remote(cfg, identity, threads)
+
+    run_pool(cfg, sched, start_worker, registry, summary, out=out, on_result=on_result)
+    summary.outcomes = sched.summary_outcomes()
+    summary.seconds = time.monotonic() - t_start
+    return summary
+
+
+def job_costs(cfg: RunConfig, jobs: Sequence[FinetuneJob], existing: set[str]) -> dict[str, JobCost]:
+    """The predicted cost of every job to train (`ttft.scheduler.job_cost`; ~1 ms per task, no model)."""
+    return {j.key: job_cost(j.tasks, cfg.ttft) for j in jobs if j.key not in existing}
+
+
+def run_pool(
+    cfg: RunConfig,
+    sched: Scheduler,
+    start_worker: Callable[[int], Any],
+    registry: AdapterRegistry,
+    summary: FinetuneSummary,
+    *,
+    out: TextIO = sys.stderr,
+    on_result: Callable[[JobOutcome], None] | None = None,
+) -> None:
+    """The pool loop: carry out `sched`'s decisions on Ray and feed it the results, until it is finished.
+
+    `start_worker(wid)` returns a new actor handle with `ready() -> node id` and `run(job, attempt) ->
+    metrics row` (`FinetuneWorker` in production; `bench/scale.py` passes a trivial actor). Each wait
+    collects every result that is ready, so hundreds of jobs in flight cost one wait per batch.
+    """
+    orc = cfg.orchestrate
     labels = node_labels()
     actors: dict[int, Any] = {}
     pending: dict[Any, tuple[str, int]] = {}  # ref -> ("ready" | "run", worker id)
@@ -282,17 +330,11 @@ def run_finetunes(
         if outcome is not None and on_result:
             on_result(outcome)
 
-    request_workers([_worker_resources(cfg)] * target)
+    request_workers([_worker_resources(cfg)] * sched.target)
     try:
         while not sched.finished:
             for wid in sched.workers_to_start():
-                actors[wid] = FinetuneWorker.options(
-                    name=f"worker-{cfg.name}-{wid}-{os.getpid()}",
-                    namespace=WORKER_NAMESPACE,
-                    num_cpus=orc.cpus_per_worker,
-                    num_gpus=orc.gpus_per_worker,
-                    max_concurrency=1,
-                ).remote(cfg, identity, threads)
+                actors[wid] = start_worker(wid)
                 pending[actors[wid].ready.remote()] = ("ready", wid)
             sent, skipped = sched.dispatch(time.monotonic())
             for d in sent:
@@ -303,8 +345,7 @@ def run_finetunes(
                 ray.kill(actors.pop(wid), no_restart=True)
             if sched.finished:
                 break
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(orc.progress_interval_s, 5.0))
-            for ref in ready:
+            for ref in ready_refs(list(pending), min(orc.progress_interval_s, 5.0)):
                 kind, wid = pending.pop(ref)
                 try:
                     value = ray.get(ref)
@@ -348,9 +389,35 @@ def run_finetunes(
             ray.kill(handle, no_restart=True)
         request_workers([])
     summary.workers = sched.started_ever
-    summary.outcomes = sched.summary_outcomes()
-    summary.seconds = time.monotonic() - t_start
-    return summary
+
+
+@ray.remote
+class NullWorker:
+    """A fine-tune worker that trains nothing: `run` returns a metrics row at once, so a pool of them
+    measures the pool's own cost per job (`bench/scale.py`, tests)."""
+
+    def ready(self) -> str:
+        return this_node()
+
+    def run(self, job: FinetuneJob, attempt: int) -> dict[str, Any]:
+        return {"key": job.key, "steps": 1, "planned_steps": 1, "seconds": 0.0, "train_seconds": 0.0}
+
+
+def null_workers(cfg: RunConfig) -> Callable[[int], Any]:
+    """A `run_pool` worker factory of `NullWorker`s with the config's resources (no CPU: only a slot)."""
+    return lambda wid: NullWorker.options(
+        num_cpus=0, num_gpus=cfg.orchestrate.gpus_per_worker, max_concurrency=1
+    ).remote()
+
+
+def ready_refs(refs: list[Any], timeout_s: float) -> list[Any]:
+    """Every ref of `refs` that is ready: wait up to `timeout_s` for the first, then take all the others
+    already done (one `ray.wait` per batch, not one per result)."""
+    ready, rest = ray.wait(refs, num_returns=1, timeout=timeout_s)
+    if ready and rest:
+        more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+        ready += more
+    return ready
 
 
 def _failed_row(cfg: RunConfig, job: FinetuneJob, attempts: int) -> dict[str, Any]:
