@@ -152,7 +152,7 @@ def test_compare_prints_the_seed_table(runs):
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("| experiment | val loss | val accuracy |")
     assert any(line.startswith("| baseline |") for line in lines)
-    assert any(line.startswith("| n-1_geometric_color |") for line in lines)
+    assert any(line.startswith("| n-1\\_geometric\\_color |") for line in lines)  # markdown-escaped
     assert (out / "compare.png").stat().st_size > 1000
 
 

@@ -278,7 +278,10 @@ def test_skipped_test_inputs_are_recorded_and_reported(tmp_path):
     )
     assert summary["skipped"] == [{"task_id": "large", "test_index": 0, "reason": skipped[0]["reason"]}]
     report = (tmp_path / "report.md").read_text()
-    assert "## Skipped test inputs" in report and f"- large test 0: {skipped[0]['reason']}" in report
+    from ttft.safetext import markdown
+
+    assert "## Skipped test inputs" in report
+    assert f"- large test 0: {markdown(skipped[0]['reason'])}" in report
 
 
 def test_runs_without_solutions_predict_and_say_not_scored(tmp_path):
