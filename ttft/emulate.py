@@ -45,6 +45,13 @@ def state_dir(path: str | Path | None = None) -> Path:
     return Path(path or os.environ.get("TTFT_EMULATE_DIR") or DEFAULT_DIR).resolve()
 
 
+def nodes_dir(st: Path, marker: str) -> Path:
+    """What the nodes need outside the state dir, which may lie under /tmp (hidden from worker nodes by
+    their private /tmp): the Ray token, Ray's session dirs and the workers' homes. Short, as Ray's unix
+    socket paths must stay under 108 bytes."""
+    return Path("/var/tmp") / f"ttft-emu-{marker[:8]}"
+
+
 def _free_ports(n: int) -> list[int]:
     socks = []
     try:
@@ -104,7 +111,7 @@ def _node_env(base: dict[str, str], marker: str, node: str, st: Path, s3: dict[s
             NODE_VAR: node,
             "PATH": f"{Path(sys.executable).parent}:{base.get('PATH', '/usr/bin:/bin')}",
             "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(st / "auth_token"),
+            "RAY_AUTH_TOKEN_PATH": str(nodes_dir(st, marker) / "auth_token"),
             "RAY_USAGE_STATS_ENABLED": "0",
             **s3,
         }
@@ -157,13 +164,15 @@ def up(
         raise EmulateError(f"an emulated cluster is already up ({st}/state.json): run `down` first")
     st.mkdir(parents=True, exist_ok=True)
     marker = secrets.token_hex(8)
-    token = st / "auth_token"
+    node_dir = nodes_dir(st, marker)
+    node_dir.mkdir(parents=True, exist_ok=True)
+    token = node_dir / "auth_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     # Ray's session dirs hold unix sockets (paths <= 107 bytes): a short path, outside /tmp, which every
     # worker node hides under a tmpfs of its own.
-    ray_tmp = Path("/var/tmp") / f"ttft-emu-{marker}"
-    state: dict = {"marker": marker, "dir": str(st), "workers": workers, "ray_tmp": str(ray_tmp)}
+    ray_tmp = node_dir / "ray"
+    state: dict = {"marker": marker, "dir": str(st), "workers": workers, "node_dir": str(node_dir)}
     os.environ[MARKER] = marker  # the S3 server carries the marker too
     try:
         s3 = S3Server(
@@ -252,13 +261,14 @@ def start_worker(state: dict, index: int, *, cpus: int = 2) -> None:
     ]
     # Private: /tmp (scratch), /dev/shm (object store), the head's --temp-dir (Ray's session dir), and
     # a HOME of its own (~/.cache: adapters, models, HF hub). The real HOME stays (pyenv's python is there).
-    home = st / "nodes" / name
+    home = Path(state["node_dir"]) / name
     home.mkdir(parents=True, exist_ok=True)
     env["HOME"] = str(home)
     env.pop("XDG_CACHE_HOME", None)
     env.pop("TTFT_CACHE_DIR", None)
-    Path(state["ray_tmp"]).mkdir(parents=True, exist_ok=True)
-    private = ["/tmp", "/dev/shm", state["ray_tmp"], str(home)]
+    ray_tmp = Path(state["node_dir"]) / "ray"
+    ray_tmp.mkdir(parents=True, exist_ok=True)
+    private = ["/tmp", "/dev/shm", str(ray_tmp), str(home)]
     script = " && ".join(
         [f"mount -t tmpfs -o size=8g,mode=1777 tmpfs {shlex.quote(p)}" for p in private]
         + ["exec " + shlex.join(ray_cmd)]
@@ -324,8 +334,8 @@ def down(directory: str | Path | None = None) -> int:
         if any(str(port) in p.name for port in _s3_ports(state)):
             p.unlink(missing_ok=True)
     shutil.rmtree(st, ignore_errors=True)
-    if state.get("ray_tmp"):
-        shutil.rmtree(state["ray_tmp"], ignore_errors=True)
+    if state.get("node_dir"):
+        shutil.rmtree(state["node_dir"], ignore_errors=True)
     return len(pids)
 
 
