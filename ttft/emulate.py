@@ -22,13 +22,12 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ttft.localstore import S3Server, S3ServerError
+from ttft.localstore import S3Server, S3ServerError, free_ports
 
 MARKER = "TTFT_EMULATE_ID"
 NODE_VAR = "TTFT_EMULATED_NODE"
@@ -50,19 +49,6 @@ def nodes_dir(st: Path, marker: str) -> Path:
     their private /tmp): the Ray token, Ray's session dirs and the workers' homes. Short, as Ray's unix
     socket paths must stay under 108 bytes."""
     return Path("/var/tmp") / f"ttft-emu-{marker[:8]}"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _ray_bin() -> str:
@@ -187,7 +173,7 @@ def up(
     finally:
         os.environ.pop(MARKER, None)
     s3env = s3.env()
-    gcs_port, dash_port, client_port = _free_ports(3)
+    gcs_port, dash_port, client_port = free_ports(3)
     state.update(
         gcs=f"127.0.0.1:{gcs_port}",
         dashboard=f"http://127.0.0.1:{dash_port}",
@@ -287,7 +273,7 @@ def _node_ports() -> list[str]:
         "node-manager-port",
         "object-manager-port",
     ]
-    return [f"--{n}={p}" for n, p in zip(names, _free_ports(len(names)), strict=True)]
+    return [f"--{n}={p}" for n, p in zip(names, free_ports(len(names)), strict=True)]
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> None:

