@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         where = log_run(cfg.tracking, tracked_run(cfg, result, out.local, curves))
         if where:
             print(f"tracked: {where}")
-    print(f"report: {out.path('report.md')}")
     publish(out)
     return 3 if summary.registry_errors else 0
 
