@@ -46,7 +46,7 @@ def _job_api_up(dashboard: str, env: dict[str, str]) -> bool:
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Start one Ray head for the session; yields its GCS address and dashboard (job API) URL."""
-    port, dash, client = free_port(), free_port(), free_port()
+    port, dash, client, agent = free_port(), free_port(), free_port(), free_port()
     # Loopback-only test cluster: no token auth (Ray 2.60 enables it by default for `ray start --head`).
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
@@ -67,6 +67,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
             f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent}",  # the default 52365 clashes with other heads here
             "--disable-usage-stats",
         ],
         env=env,
