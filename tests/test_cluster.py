@@ -81,22 +81,28 @@ def pull(state: dict, name: str, dest: Path) -> Path:
 
 
 def test_emulated_nodes_see_private_filesystems(cluster):
-    """A file in the driver's /tmp is invisible from a worker node, as on a real cluster."""
-    probe = Path(tempfile.mkdtemp(prefix="ttft-probe-")) / "here"
-    probe.write_text("driver-local")
+    """Each worker's scratch, HOME (caches) and Ray working dir are its own: invisible to the other nodes."""
     code = (
-        "import os, ray, sys; ray.init(logging_level='ERROR', log_to_driver=False)\n"
+        "import os, ray, tempfile; ray.init(logging_level='ERROR', log_to_driver=False)\n"
         "@ray.remote(num_gpus=1)\n"
-        "def look(p): return os.path.exists(p), os.environ.get('TTFT_EMULATED_NODE')\n"
-        "print(ray.get([look.remote(sys.argv[1]) for _ in range(2)]))"
+        "def write():\n"
+        "    paths = [tempfile.mkdtemp(), os.path.join(os.path.expanduser('~'), '.cache', 'probe')]\n"
+        "    os.makedirs(paths[1], exist_ok=True)\n"
+        "    return os.environ.get('TTFT_EMULATED_NODE'), paths\n"
+        "@ray.remote(num_gpus=1)\n"
+        "def look(paths): return os.environ.get('TTFT_EMULATED_NODE'), [os.path.exists(p) for p in paths]\n"
+        "node, paths = ray.get(write.remote())\n"
+        "others = ray.get([look.options(scheduling_strategy='SPREAD').remote(paths) for _ in range(4)])\n"
+        "print(repr((node, paths, others, [os.path.exists(p) for p in paths])))"
     )
     env = {**client_env(cluster), "RAY_ADDRESS": cluster["gcs"]}
-    proc = run([str(BIN / "python"), "-c", code, str(probe)], env, timeout=300)
-    shutil.rmtree(probe.parent)
+    proc = run([str(BIN / "python"), "-c", code], env, timeout=300)
     assert proc.returncode == 0, tail(proc)
-    seen = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
-    assert all(exists is False for exists, _ in seen)
-    assert {node for _, node in seen} <= {"worker-1", "worker-2"}
+    node, paths, others, on_client = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    assert node in ("worker-1", "worker-2") and on_client == [False, False]
+    assert any(n != node for n, _ in others), others  # the other node was asked too
+    for n, seen in others:
+        assert seen == ([True, True] if n == node else [False, False]), others
 
 
 def test_make_eval_cluster_journey_scores_like_a_local_run(cluster, tmp_path):

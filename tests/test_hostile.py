@@ -502,9 +502,14 @@ def test_report_renders_untrusted_text_inert():
             "fallback": False,
             "val_loss_before": None,
             "val_loss_after": None,
+            "skipped": None,
         }
     ]
     summary = {
+        "scored_tasks": 0,
+        "skipped": [],
+        "requeued": [],
+        "placement": {},
         "accuracy": None,
         "val_loss_before": None,
         "val_loss_after": None,

