@@ -48,8 +48,9 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     """Start one Ray head for the session; yields its GCS address and dashboard (job API) URL."""
     port, dash, client, agent = free_port(), free_port(), free_port(), free_port()
     # Loopback-only test cluster: no token auth (Ray 2.60 enables it by default for `ray start --head`).
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
+    # Ray and job settings that earlier tests left in this process's environment stay out of the head's.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TTFT_"))}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
     proc = subprocess.Popen(
         [
