@@ -227,33 +227,19 @@ def test_paths_that_a_ray_job_would_lose_are_resolved_or_refused(ray_client, tmp
         check_cluster_paths(cfg)
 
 
+def finetune_job(gcs: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m jobs.finetune` on the smoke config against the test head, as a user runs it."""
+    cmd = [sys.executable, "-m", "jobs.finetune", "--config", "jobs/configs/smoke.yaml", "--limit", "2"]
+    return subprocess.run(
+        [*cmd, *args, "--address", gcs], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
+
+
 def test_finetune_summary_json_written(ray_client, tiny_model_dir, tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.finetune",
-            "--config",
-            "jobs/configs/smoke.yaml",
-            "--limit",
-            "2",
-            "--model",
-            str(tiny_model_dir),
-            "--registry",
-            str(tmp_path / "reg"),
-            "--name",
-            "cli",
-            "--set",
-            "ttft.optim.steps=2",
-            "--set",
-            f"out_dir={tmp_path}",
-            "--address",
-            ray_client["gcs"],
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+    proc = finetune_job(
+        ray_client["gcs"],
+        *("--model", str(tiny_model_dir), "--registry", str(tmp_path / "reg"), "--name", "cli"),
+        *("--set", "ttft.optim.steps=2", "--set", f"out_dir={tmp_path}"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "cli" / "finetune.json").read_text())
@@ -263,27 +249,8 @@ def test_finetune_summary_json_written(ray_client, tiny_model_dir, tmp_path):
 def test_object_store_down_exits_3_and_says_why(ray_client, tmp_path):
     env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "k"}
     env["AWS_SECRET_ACCESS_KEY"] = "s"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.finetune",
-            "--config",
-            "jobs/configs/smoke.yaml",
-            "--limit",
-            "2",
-            "--registry",
-            "s3://ttft/down",
-            "--set",
-            f"out_dir={tmp_path}",
-            "--address",
-            ray_client["gcs"],
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=600,
+    proc = finetune_job(
+        ray_client["gcs"], "--registry", "s3://ttft/down", "--set", f"out_dir={tmp_path}", env=env
     )
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "the registry at s3://ttft/down failed" in proc.stderr and "Traceback" not in proc.stderr
